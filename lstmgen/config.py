@@ -1,0 +1,208 @@
+"""Plain dataclass configuration shared by the CLI, the Python API and the bundle.
+
+Every config serializes to JSON with `to_dict` and back with `from_dict`, so the same object that
+drives a run is stored in the bundle and checkpoint that the run writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import LstmgenError
+
+MODEL_TYPES = ("unigram", "bpe", "char")
+CELLS = ("lstm",)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+T = TypeVar("T")
+
+
+@dataclass
+class TokenizerConfig:
+    """How the SentencePiece tokenizer is trained. `None` means "choose from the corpus"."""
+
+    vocab_size: int | None = None
+    model_type: str = "unigram"
+    character_coverage: float | None = None
+    max_training_bytes: int = 64 * 1024 * 1024
+
+    def validate(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise LstmgenError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, not {self.model_type!r}")
+        if self.vocab_size is not None:
+            _check_int("--vocab-size", self.vocab_size, low=8, high=1 << 20)
+        if self.character_coverage is not None:
+            _check_float("--character-coverage", self.character_coverage, low=0.9, high=1.0, low_open=False)
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the embedding → LSTM → head network (see docs/bundle-format.md)."""
+
+    vocab_size: int
+    embedding_size: int = 512
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.2
+    tie_weights: bool = True
+    cell: str = "lstm"
+
+    def validate(self) -> None:
+        _check_int("vocab_size", self.vocab_size, low=2, high=1 << 22)
+        _check_int("--embedding-size", self.embedding_size, low=1, high=1 << 16)
+        _check_int("--hidden-size", self.hidden_size, low=1, high=1 << 16)
+        _check_int("--layers", self.num_layers, low=1, high=64)
+        _check_float("--dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        if self.cell not in CELLS:
+            raise LstmgenError(f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+
+    @property
+    def head_input_size(self) -> int:
+        return self.embedding_size if self.tie_weights else self.hidden_size
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, stopping and bookkeeping for one training run."""
+
+    batch_size: int = 32
+    seq_len: int = 128
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_time: float | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    val_fraction: float = 0.1
+    val_every: int = 100
+    val_max_tokens: int = 2_000_000
+    seed: int = 1234
+    device: str = "auto"
+    log_every: int = 10
+    checkpoint_every: float = 600.0
+    threads: int | None = None
+
+    def validate(self) -> None:
+        _check_int("--batch-size", self.batch_size, low=1, high=1 << 16)
+        _check_int("--seq-len", self.seq_len, low=1, high=1 << 16)
+        _check_float("--lr", self.learning_rate, low=0.0, high=10.0, low_open=True)
+        _check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _check_int("--warmup-steps", self.warmup_steps, low=0, high=1 << 40)
+        _check_float("--weight-decay", self.weight_decay, low=0.0, high=10.0)
+        _check_float("--grad-clip", self.grad_clip, low=0.0, high=1e6, low_open=True)
+        if self.max_time is not None:
+            _check_float("--max-time", self.max_time, low=0.0, high=1e9, low_open=True)
+        if self.max_steps is not None:
+            _check_int("--max-steps", self.max_steps, low=1, high=1 << 40)
+        if self.epochs is not None:
+            _check_float("--epochs", self.epochs, low=0.0, high=1e6, low_open=True)
+        _check_float("--val-fraction", self.val_fraction, low=0.0, high=0.5, low_open=True)
+        _check_int("--val-every", self.val_every, low=1, high=1 << 40)
+        _check_int("--val-max-tokens", self.val_max_tokens, low=1, high=1 << 40)
+        _check_int("--seed", self.seed, low=0, high=2**63 - 1)
+        if self.device not in DEVICES:
+            raise LstmgenError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        _check_int("--log-every", self.log_every, low=1, high=1 << 40)
+        _check_float("--checkpoint-every", self.checkpoint_every, low=0.0, high=1e9, low_open=True)
+        if self.threads is not None:
+            _check_int("--threads", self.threads, low=1, high=4096)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[T], data: Any, what: str = "configuration") -> T:
+    """Build a config dataclass from JSON data, refusing unknown or mistyped keys."""
+    if not isinstance(data, dict):
+        raise LstmgenError(f"{what} must be a JSON object")
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise LstmgenError(f"{what} has unknown keys: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(names[name], value, what)
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise LstmgenError(f"{what} is incomplete: {error}") from None
+
+
+def _coerce(f: dataclasses.Field, value: Any, what: str) -> Any:
+    annotation = str(f.type)
+    allowed: list[type] = []
+    if "bool" in annotation:
+        allowed.append(bool)
+    if "int" in annotation:
+        allowed.append(int)
+    if "float" in annotation:
+        allowed.extend([float, int])
+    if "str" in annotation:
+        allowed.append(str)
+    if value is None and "None" in annotation:
+        return None
+    if isinstance(value, bool) and bool not in allowed:
+        raise LstmgenError(f"{what}: {f.name} must be {annotation}, not {value!r}")
+    if not any(isinstance(value, t) for t in allowed):
+        raise LstmgenError(f"{what}: {f.name} must be {annotation}, not {value!r}")
+    if "float" in annotation and isinstance(value, int) and not isinstance(value, bool) and "int" not in annotation:
+        return float(value)
+    return value
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise LstmgenError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+
+
+def _check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise LstmgenError(f"{name} must be a number in {left}{low:g}, {high:g}{right}, not {value!r}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, option: str = "--max-time") -> float:
+    """Parse `90s`, `5m`, `1.5h`, `2h30m` or a bare number of seconds into seconds."""
+    parts = re.findall(r"\d+(?:\.\d+)?\s*[a-zA-Z]*", text.strip()) if text else []
+    if not parts or "".join(p.replace(" ", "") for p in parts) != text.strip().replace(" ", ""):
+        raise LstmgenError(f"{option} must be a duration such as 90s, 5m, 2h or 1h30m, not {text!r}")
+    total = 0.0
+    for part in parts:
+        match = _DURATION.match(part)
+        if not match:
+            raise LstmgenError(f"{option} must be a duration such as 90s, 5m, 2h or 1h30m, not {text!r}")
+        number, unit = match.groups()
+        total += float(number) * _UNIT_SECONDS[unit.lower() if unit else None]
+    if not math.isfinite(total) or total <= 0:
+        raise LstmgenError(f"{option} must be a positive duration, not {text!r}")
+    return total
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a training run, as stored in checkpoints and bundles."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,464 @@
+"""Corpora on disk: validated streaming reads, tokenized arrays, and training batches.
+
+A tokenized corpus is a directory holding `tokenizer.model`, `tokens.bin` (a flat array of token
+ids, uint16 when the vocabulary fits, else uint32) and `tokens.json` (its sidecar). Training
+memory-maps `tokens.bin`, so resident memory does not grow with the corpus.
+
+The token stream is `EOS doc1 EOS doc2 ...`: each corpus file is a document and the end-of-text
+id also marks the start of one, so a model conditioned on EOS starts a fresh document.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import random
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LstmgenError
+from .fsutil import atomic_write_text, atomic_writer
+
+TOKENS_FORMAT = "lstmgen-tokens"
+TOKENS_VERSION = 1
+READ_CHUNK_BYTES = 1 << 20
+MAX_LINE_CHARS = 1 << 16
+ENCODE_BATCH_CHARS = 1 << 20
+
+ProgressCallback = Callable[[int, int], None]
+
+
+# -- reading corpora ------------------------------------------------------------------------------
+
+
+def check_corpus_file(path: Path) -> int:
+    """Refuse a corpus path that cannot be a text corpus; return its size in bytes."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise LstmgenError(f"corpus file {path} does not exist; check the path") from None
+    except OSError as error:
+        raise LstmgenError(f"cannot read corpus {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise LstmgenError(f"corpus {path} is a directory; pass the text files in it (e.g. {path}/*.txt)")
+    if not stat.S_ISREG(info.st_mode):
+        raise LstmgenError(f"corpus {path} is not a regular file; pass a text file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as error:
+        raise LstmgenError(f"cannot read corpus {path}: {error.strerror or error}; check its permissions") from None
+    if info.st_size == 0 or not head:
+        raise LstmgenError(f"corpus {path} is empty; give a file with text in it")
+    if path.suffix == ".lstmgen" or head.startswith(b"PK\x03\x04"):
+        raise LstmgenError(
+            f"{path} is a model bundle or zip archive, not a text corpus; to continue training from a bundle use "
+            f"`lstmgen train CORPUS.txt --init-from {path}`"
+        )
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LstmgenError(f"corpus {path} is UTF-16 text; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 {path} > out.txt)")
+    return info.st_size
+
+
+class CorpusReader:
+    """Stream a UTF-8 corpus as lines (newline kept), hashing the bytes as they are read.
+
+    Lines longer than MAX_LINE_CHARS come in pieces so that a single 50 MB line stays cheap.
+    """
+
+    def __init__(self, path: Path, errors: str = "strict") -> None:
+        if errors not in ("strict", "replace"):
+            raise LstmgenError(f"--errors must be strict or replace, not {errors!r}")
+        self.path = Path(path)
+        self.errors = errors
+        self.size = check_corpus_file(self.path)
+        self.sha256: str | None = None
+        self.bytes_read = 0
+
+    def lines(self) -> Iterator[str]:
+        digest = hashlib.sha256()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors=self.errors)
+        pending = ""
+        offset = 0
+        try:
+            handle = open(self.path, "rb")
+        except OSError as error:
+            raise LstmgenError(f"cannot read corpus {self.path}: {error.strerror or error}") from None
+        with handle:
+            while True:
+                try:
+                    chunk = handle.read(READ_CHUNK_BYTES)
+                except OSError as error:
+                    raise LstmgenError(f"cannot read corpus {self.path}: {error.strerror or error}") from None
+                digest.update(chunk)
+                buffered = len(decoder.getstate()[0])
+                try:
+                    text = decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as error:
+                    position = offset - buffered + error.start
+                    raise LstmgenError(
+                        f"corpus {self.path} is not valid UTF-8 (byte offset {position}); convert it to UTF-8 "
+                        "or pass --errors replace"
+                    ) from None
+                offset += len(chunk)
+                self.bytes_read = offset
+                if "\x00" in text and self.errors == "strict":
+                    raise LstmgenError(f"corpus {self.path} looks like a binary file (it contains NUL bytes); pass a text file")
+                pending += text
+                lines = pending.split("\n")
+                pending = lines.pop()
+                for line in lines:
+                    yield from _split_long(line + "\n")
+                if len(pending) > MAX_LINE_CHARS:
+                    cut = len(pending) - len(pending) % MAX_LINE_CHARS
+                    yield from _split_long(pending[:cut])
+                    pending = pending[cut:]
+                if not chunk:
+                    break
+        if pending:
+            yield from _split_long(pending)
+        self.sha256 = digest.hexdigest()
+
+
+def _split_long(text: str) -> Iterator[str]:
+    for start in range(0, len(text), MAX_LINE_CHARS):
+        yield text[start : start + MAX_LINE_CHARS]
+
+
+def sample_lines(paths: Sequence[Path], max_bytes: int, errors: str = "strict", seed: int = 0) -> list[str]:
+    """Lines for tokenizer training: all of them, or an even random share of about `max_bytes`."""
+    readers = [CorpusReader(p, errors) for p in paths]
+    total = sum(r.size for r in readers)
+    keep = min(1.0, max_bytes / max(total, 1))
+    rng = random.Random(seed)
+    sample: list[str] = []
+    for reader in readers:
+        for line in reader.lines():
+            if keep >= 1.0 or rng.random() < keep:
+                sample.append(line)
+    if not any(line.strip("\n") for line in sample):
+        raise LstmgenError("the corpus holds no text (only newlines); give a corpus with text in it")
+    return sample
+
+
+# -- tokenized corpora ------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizedCorpus:
+    """A directory with tokenizer.model, tokens.bin and tokens.json."""
+
+    directory: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.directory / "tokens.bin"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.directory / "tokens.json"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.directory / "tokenizer.model"
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.meta["num_tokens"])
+
+    @property
+    def split(self) -> int:
+        """Index of the first validation target token."""
+        return int(self.meta["split"]["index"])
+
+    def tokens(self) -> np.ndarray:
+        """The whole token array, memory-mapped read-only."""
+        if self.num_tokens == 0:
+            return np.zeros(0, dtype=self.meta["dtype"])
+        return np.memmap(self.tokens_path, dtype=self.meta["dtype"], mode="r", shape=(self.num_tokens,))
+
+    @classmethod
+    def open(cls, directory: Path) -> TokenizedCorpus:
+        directory = Path(directory)
+        meta_path = directory / "tokens.json"
+        if not directory.is_dir():
+            raise LstmgenError(f"tokenized corpus {directory} is not a directory; create it with `lstmgen tokenize CORPUS -o {directory}`")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LstmgenError(f"{directory} holds no tokens.json; create it with `lstmgen tokenize CORPUS -o {directory}`") from None
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise LstmgenError(f"{meta_path} is damaged; recreate it with `lstmgen tokenize`") from None
+        corpus = cls(directory, meta)
+        corpus._validate()
+        return corpus
+
+    def _validate(self) -> None:
+        meta = self.meta
+        try:
+            ok = meta["format"] == TOKENS_FORMAT and meta["version"] == TOKENS_VERSION
+            dtype = np.dtype(meta["dtype"])
+            expected = int(meta["num_tokens"]) * dtype.itemsize
+            split = int(meta["split"]["index"])
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise LstmgenError(f"{self.meta_path} is not an lstmgen tokens file of version {TOKENS_VERSION}; recreate it with `lstmgen tokenize`")
+        if dtype not in (np.dtype("uint16"), np.dtype("uint32")) or not 0 < split <= int(meta["num_tokens"]):
+            raise LstmgenError(f"{self.meta_path} is inconsistent; recreate it with `lstmgen tokenize`")
+        try:
+            actual = self.tokens_path.stat().st_size
+        except OSError:
+            actual = -1
+        if actual != expected:
+            raise LstmgenError(f"{self.tokens_path} is incomplete ({actual} bytes, expected {expected}); recreate it with `lstmgen tokenize`")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("uint16") if vocab_size <= 1 << 16 else np.dtype("uint32")
+
+
+def encode_corpus(
+    paths: Sequence[Path],
+    tokenizer: Any,
+    directory: Path,
+    val_fraction: float,
+    tokenizer_settings: dict[str, Any],
+    errors: str = "strict",
+    on_progress: ProgressCallback | None = None,
+) -> TokenizedCorpus:
+    """Encode corpus files into `directory`, streaming: memory stays bounded for any corpus size.
+
+    Files are written atomically; tokens.json is written last, so a directory whose sidecar
+    matches its tokens.bin is always complete.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    readers = [CorpusReader(p, errors) for p in paths]
+    total_bytes = sum(r.size for r in readers)
+    dtype = token_dtype(tokenizer.vocab_size)
+    split_at_byte = int(round(total_bytes * (1.0 - val_fraction)))
+    eos = np.array([tokenizer.eos_id], dtype=dtype)
+    num_tokens = 0
+    bytes_done = 0
+    chars_done = 0
+    split: dict[str, int] | None = None
+    files: list[dict[str, Any]] = []
+    token_digest = hashlib.sha256()
+
+    def write(handle: Any, array: np.ndarray) -> None:
+        nonlocal num_tokens
+        data = array.tobytes()
+        handle.write(data)
+        token_digest.update(data)
+        num_tokens += len(array)
+
+    with atomic_writer(directory / "tokens.bin") as handle:
+        for reader in readers:
+            file_tokens_start = num_tokens
+            file_chars = 0
+            write(handle, eos)
+            batch: list[str] = []
+            batch_chars = 0
+            for line in reader.lines():
+                batch.append(line)
+                batch_chars += len(line)
+                if batch_chars >= ENCODE_BATCH_CHARS:
+                    for ids, text in zip(tokenizer.encode_batch(batch), batch):
+                        if split is None and bytes_done >= split_at_byte:
+                            split = {"index": num_tokens, "bytes": bytes_done, "chars": chars_done}
+                        write(handle, np.asarray(ids, dtype=dtype))
+                        bytes_done += len(text.encode("utf-8", errors="surrogatepass"))
+                        chars_done += len(text)
+                        file_chars += len(text)
+                    batch, batch_chars = [], 0
+                    if on_progress:
+                        on_progress(bytes_done, total_bytes)
+            for ids, text in zip(tokenizer.encode_batch(batch), batch):
+                if split is None and bytes_done >= split_at_byte:
+                    split = {"index": num_tokens, "bytes": bytes_done, "chars": chars_done}
+                write(handle, np.asarray(ids, dtype=dtype))
+                bytes_done += len(text.encode("utf-8", errors="surrogatepass"))
+                chars_done += len(text)
+                file_chars += len(text)
+            if on_progress:
+                on_progress(bytes_done, total_bytes)
+            files.append(
+                {
+                    "path": str(reader.path),
+                    "sha256": reader.sha256,
+                    "bytes": reader.size,
+                    "chars": file_chars,
+                    "tokens": num_tokens - file_tokens_start,
+                }
+            )
+    if split is None or split["index"] >= num_tokens:
+        raise LstmgenError(
+            f"the corpus is too small to hold out a validation split ({num_tokens} tokens); give more text or a larger --val-fraction"
+        )
+    tokenizer.save(directory / "tokenizer.model")
+    meta = {
+        "format": TOKENS_FORMAT,
+        "version": TOKENS_VERSION,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype.name,
+        "num_tokens": num_tokens,
+        "tokens_sha256": token_digest.hexdigest(),
+        "corpus_sha256": corpus_digest([f["sha256"] for f in files]),
+        "files": files,
+        "total_bytes": bytes_done,
+        "total_chars": chars_done,
+        "split": {
+            "val_fraction": val_fraction,
+            "index": split["index"],
+            "train_bytes": split["bytes"],
+            "train_chars": split["chars"],
+            "val_bytes": bytes_done - split["bytes"],
+            "val_chars": chars_done - split["chars"],
+        },
+        "tokenizer": tokenizer_settings,
+        "tokenizer_sha256": hashlib.sha256(tokenizer.model_proto).hexdigest(),
+    }
+    atomic_write_text(directory / "tokens.json", json.dumps(meta, indent=2) + "\n")
+    return TokenizedCorpus(directory, meta)
+
+
+def corpus_digest(file_digests: Sequence[str]) -> str:
+    """One sha256 for an ordered list of corpus files."""
+    if len(file_digests) == 1:
+        return file_digests[0]
+    return hashlib.sha256("\n".join(file_digests).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- training batches ---------------------------------------------------------------------------
+
+
+class StreamBatcher:
+    """Truncated-BPTT windows over `num_streams` contiguous streams of a token array.
+
+    Window k of epoch e gives each stream b the inputs tokens[start_b + kT : start_b + (k+1)T]
+    and the targets one token later. Each epoch shifts all streams by a random phase (from the
+    seed and the epoch number), so window boundaries differ between epochs while a run stays
+    reproducible and resumable from (epoch, window) alone.
+    """
+
+    def __init__(self, tokens: np.ndarray, num_streams: int, seq_len: int, seed: int, streams: slice | None = None) -> None:
+        self.tokens = tokens
+        self.num_streams = num_streams
+        self.seq_len = seq_len
+        self.seed = seed
+        self.streams = streams or slice(0, num_streams)
+        if self.windows_per_epoch(0) < 1:
+            raise LstmgenError(
+                f"the training split ({len(tokens)} tokens) is shorter than one batch of {num_streams} streams × "
+                f"{seq_len + 1} tokens; give more text or lower --batch-size / --seq-len"
+            )
+
+    def phase(self, epoch: int) -> int:
+        if epoch == 0:
+            return 0
+        return random.Random(f"{self.seed}:{epoch}").randrange(self.seq_len)
+
+    def stream_length(self, epoch: int) -> int:
+        return (len(self.tokens) - 1 - self.phase(epoch)) // self.num_streams
+
+    def windows_per_epoch(self, epoch: int) -> int:
+        return self.stream_length(epoch) // self.seq_len
+
+    def batch(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets), each of shape (streams, seq_len), as int64."""
+        length = self.stream_length(epoch)
+        starts = self.phase(epoch) + np.arange(self.num_streams)[self.streams] * length + window * self.seq_len
+        index = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
+        rows = np.asarray(self.tokens[index], dtype=np.int64)
+        return rows[:, :-1], rows[:, 1:]
+
+
+def split_streams(num_tokens: int, num_streams: int) -> list[tuple[int, int]]:
+    """Cut [0, num_tokens) into up to `num_streams` contiguous, nearly equal parts."""
+    num_streams = max(1, min(num_streams, num_tokens))
+    base, extra = divmod(num_tokens, num_streams)
+    bounds = []
+    start = 0
+    for index in range(num_streams):
+        end = start + base + (1 if index < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- tokenize: train a tokenizer and encode, or reuse an up-to-date encoding ----------------------------
+
+
+def tokenize_corpus(
+    paths: Sequence[Path],
+    config: Any,
+    directory: Path,
+    val_fraction: float,
+    errors: str = "strict",
+    on_progress: ProgressCallback | None = None,
+    tokenizer: Any = None,
+) -> TokenizedCorpus:
+    """Train a tokenizer on `paths` (unless one is given) and encode them into `directory`."""
+    from .config import to_dict
+    from .tokenizer import train_tokenizer
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise LstmgenError("give at least one corpus file")
+    for path in paths:
+        check_corpus_file(path)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(sample_lines(paths, config.max_training_bytes, errors), config)
+    settings = to_dict(config)
+    settings["errors"] = errors
+    return encode_corpus(paths, tokenizer, directory, val_fraction, settings, errors=errors, on_progress=on_progress)
+
+
+def reusable_encoding(directory: Path, paths: Sequence[Path], config: Any, val_fraction: float, errors: str = "strict") -> TokenizedCorpus | None:
+    """The encoding in `directory` if it was made from these exact files and settings, else None."""
+    from .config import to_dict
+
+    try:
+        corpus = TokenizedCorpus.open(directory)
+    except LstmgenError:
+        return None
+    settings = to_dict(config)
+    settings["errors"] = errors
+    meta = corpus.meta
+    if meta.get("tokenizer") != settings or meta["split"].get("val_fraction") != val_fraction:
+        return None
+    files = meta.get("files", [])
+    if len(files) != len(paths):
+        return None
+    for record, path in zip(files, paths):
+        try:
+            if record.get("bytes") != Path(path).stat().st_size or record.get("sha256") != file_sha256(Path(path)):
+                return None
+        except OSError:
+            return None
+    return corpus

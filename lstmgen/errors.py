@@ -1,0 +1,22 @@
+"""The one exception type for problems a user can fix."""
+
+from __future__ import annotations
+
+
+class LstmgenError(Exception):
+    """A failure the user caused and can fix: bad input, bad option, wrong file.
+
+    The message is one line that names the problem and says what to do. The CLI prints it
+    to stderr and exits with code 2; the Python API lets it propagate.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+class TrainingInterrupted(Exception):
+    """Raised by the trainer after a graceful stop on SIGINT/SIGTERM (state already saved)."""
+
+    def __init__(self, signal_number: int, message: str) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number

@@ -1,0 +1,270 @@
+"""A lossless SentencePiece tokenizer: `decode(encode(s)) == s` for every Unicode string.
+
+SentencePiece normalises text, drops newlines and collapses spaces by default. lstmgen trains it
+with identity normalisation, no dummy prefix, no whitespace cleanup, byte fallback (so characters
+never seen in training become UTF-8 byte pieces) and a dedicated newline piece. The one thing
+SentencePiece cannot represent is its own whitespace meta character U+2581 ("▁"), which it
+decodes as a space; this wrapper encodes that character as its three UTF-8 byte pieces instead.
+
+Decoding does not go through SentencePiece: every id maps to a fixed byte string, and text is
+those bytes decoded as UTF-8 (invalid sequences become U+FFFD). That makes streaming decode,
+byte by byte, provably identical to decoding the whole sequence.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TokenizerConfig
+from .errors import LstmgenError
+
+log = logging.getLogger("lstmgen")
+
+META = "\u2581"
+NEWLINE_PIECE = "\n"
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+NUM_BYTE_PIECES = 256
+#: unk, bos, eos and the newline piece.
+NUM_SPECIAL_PIECES = 4
+MAX_TRAINING_LINE_CHARS = 4096
+_PROBE = "  lstmgen\tprobe\r\n\n x"
+
+
+class Tokenizer:
+    """Encode text to token ids and back, exactly."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        import sentencepiece as spm
+
+        self.model_proto = bytes(model_proto)
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(self.model_proto)
+        except Exception:
+            raise LstmgenError("the tokenizer model is not a valid SentencePiece model; retrain it with `lstmgen tokenize`") from None
+        self.vocab_size = int(self._sp.get_piece_size())
+        self._token_bytes = self._build_byte_table()
+        self._meta_ids = [self._byte_id(b) for b in META.encode("utf-8")]
+        self._check_lossless()
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise LstmgenError(f"cannot read tokenizer {path}: {error.strerror or error}") from None
+        return cls(data)
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; no start or end marker is added."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encode many strings at once (SentencePiece spreads the work over threads)."""
+        segments: list[str] = []
+        counts: list[int] = []
+        for text in texts:
+            parts = text.split(META)
+            segments.extend(parts)
+            counts.append(len(parts))
+        encoded = self._sp.encode(segments) if segments else []
+        result: list[list[int]] = []
+        position = 0
+        for count in counts:
+            ids: list[int] = []
+            for index in range(count):
+                if index:
+                    ids.extend(self._meta_ids)
+                ids.extend(encoded[position + index])
+            position += count
+            result.append(ids)
+        return result
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes one token contributes to the decoded text."""
+        return self._token_bytes[token_id]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        table = self._token_bytes
+        try:
+            return b"".join(table[i] for i in ids)
+        except (IndexError, TypeError):
+            raise LstmgenError(f"token ids must be integers from 0 to {self.vocab_size - 1}") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.id_to_piece(int(token_id))
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids that never stand for text (unknown, begin, end)."""
+        return [i for i in range(self.vocab_size) if self._sp.is_control(i) or self._sp.is_unknown(i)]
+
+    @property
+    def model_type(self) -> str:
+        # `char` models have no multi-character pieces; the proto does not expose its type simply.
+        return "unknown"
+
+    def save(self, path: Path) -> None:
+        from .fsutil import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), self.model_proto)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _byte_id(self, value: int) -> int:
+        token_id = self._sp.piece_to_id(f"<0x{value:02X}>")
+        if not self._sp.is_byte(token_id):
+            raise LstmgenError("the tokenizer has no byte-fallback pieces, so it is not lossless; retrain it with `lstmgen tokenize`")
+        return token_id
+
+    def _build_byte_table(self) -> list[bytes]:
+        sp = self._sp
+        table: list[bytes] = []
+        for token_id in range(self.vocab_size):
+            if sp.is_byte(token_id):
+                table.append(bytes([int(sp.id_to_piece(token_id)[3:5], 16)]))
+            elif sp.is_control(token_id) or sp.is_unknown(token_id):
+                table.append(b"")
+            else:
+                table.append(sp.id_to_piece(token_id).replace(META, " ").encode("utf-8"))
+        return table
+
+    def _check_lossless(self) -> None:
+        for value in range(NUM_BYTE_PIECES):
+            self._byte_id(value)
+        if self.decode(self.encode(_PROBE)) != _PROBE:
+            raise LstmgenError(
+                "the tokenizer normalises text (it was not trained by lstmgen), so it cannot round-trip text exactly; "
+                "retrain it with `lstmgen tokenize`"
+            )
+
+
+@dataclass
+class CharacterStats:
+    """Character frequencies of the text a tokenizer is trained on."""
+
+    counts: Counter
+    total: int
+
+    @classmethod
+    def of(cls, lines: Iterable[str]) -> CharacterStats:
+        counts: Counter = Counter()
+        for line in lines:
+            counts.update(line)
+        counts.pop("\n", None)
+        counts.pop(META, None)
+        return cls(counts, sum(counts.values()))
+
+    def coverage(self) -> float:
+        """1.0 for alphabets; slightly less for logographic scripts so rare characters fall back to bytes."""
+        return 1.0 if len(self.counts) <= 1000 else 0.9995
+
+    def required_characters(self, coverage: float) -> int:
+        """How many characters SentencePiece keeps as pieces at `coverage` (mirrors its rule)."""
+        if coverage >= 1.0:
+            return len(self.counts)
+        needed = self.total * coverage
+        kept = 0
+        running = 0
+        for _, count in self.counts.most_common():
+            if running >= needed:
+                break
+            running += count
+            kept += 1
+        return kept
+
+    def minimum_vocab_size(self, coverage: float) -> int:
+        return NUM_BYTE_PIECES + NUM_SPECIAL_PIECES + self.required_characters(coverage)
+
+
+def default_vocab_size(stats: CharacterStats, coverage: float, model_type: str) -> int:
+    """A vocabulary suited to the corpus: near character level for logographic scripts and
+    small corpora, a few thousand subwords for large alphabetic corpora."""
+    minimum = stats.minimum_vocab_size(coverage)
+    if model_type == "char" or len(stats.counts) > 1000:
+        return minimum
+    extra = int(min(max(0.75 * math.sqrt(stats.total), 128), 16000))
+    return int(math.ceil((minimum + extra) / 64) * 64)
+
+
+def train_tokenizer(lines: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+    """Train a lossless tokenizer on `lines` (text lines with their newline characters)."""
+    import sentencepiece as spm
+
+    config.validate()
+    sentences = [chunk for line in lines for chunk in _training_chunks(line)]
+    stats = CharacterStats.of(sentences)
+    if stats.total == 0:
+        raise LstmgenError("the corpus holds no text to train a tokenizer on (only newlines); give a longer corpus")
+    coverage = config.character_coverage if config.character_coverage is not None else stats.coverage()
+    minimum = stats.minimum_vocab_size(coverage)
+    vocab_size = config.vocab_size if config.vocab_size is not None else default_vocab_size(stats, coverage, config.model_type)
+    if vocab_size < minimum:
+        raise LstmgenError(
+            f"--vocab-size {vocab_size} is too small for this corpus: it needs at least {minimum} "
+            f"({NUM_BYTE_PIECES} byte pieces, {NUM_SPECIAL_PIECES} special pieces and "
+            f"{minimum - NUM_BYTE_PIECES - NUM_SPECIAL_PIECES} characters); use --vocab-size {minimum} or more"
+        )
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=config.model_type,
+            character_coverage=coverage,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            byte_fallback=True,
+            split_by_whitespace=True,
+            split_digits=False,
+            allow_whitespace_only_pieces=True,
+            user_defined_symbols=[NEWLINE_PIECE],
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=-1,
+            hard_vocab_limit=False,
+            max_sentence_length=4 * MAX_TRAINING_LINE_CHARS + 16,
+            input_sentence_size=0,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as error:
+        raise LstmgenError(f"SentencePiece could not train a tokenizer on this corpus ({str(error).splitlines()[0][:200]}); try another --vocab-size or --model-type") from None
+    tokenizer = Tokenizer(writer.getvalue())
+    if tokenizer.vocab_size != vocab_size:
+        log.warning(
+            "the corpus supports only %d pieces with --model-type %s; using vocabulary size %d instead of %d",
+            tokenizer.vocab_size, config.model_type, tokenizer.vocab_size, vocab_size,
+        )
+    return tokenizer
+
+
+def _training_chunks(line: str) -> Iterable[str]:
+    """SentencePiece skips over-long sentences, so split long lines (at a space where possible)."""
+    while len(line) > MAX_TRAINING_LINE_CHARS:
+        cut = line.rfind(" ", MAX_TRAINING_LINE_CHARS // 2, MAX_TRAINING_LINE_CHARS)
+        cut = cut if cut > 0 else MAX_TRAINING_LINE_CHARS
+        yield line[:cut]
+        line = line[cut:]
+    if line:
+        yield line

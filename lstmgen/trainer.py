@@ -1,0 +1,528 @@
+"""Training: truncated BPTT over contiguous streams, AdamW, warm-up + cosine decay, exact resume.
+
+A run lives beside its output bundle `X.lstmgen` in the run directory `X.lstmgen.run/`:
+    tokens/           the tokenized corpus (reused when the corpus and settings are unchanged)
+    checkpoint.ckpt   everything needed to continue exactly (zip: state.json + tensors.safetensors)
+    metrics.jsonl     one JSON object per logged training step and per validation
+    lock              held while a run writes here, so two runs cannot clobber each other
+The bundle `X.lstmgen` always holds the weights with the best validation loss so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bundle import parse_json_member, parse_safetensors, read_members, save_bundle
+from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .data import StreamBatcher, TokenizedCorpus
+from .errors import LstmgenError, TrainingInterrupted
+from .evaluation import summarize, total_nll
+from .fsutil import atomic_writer, check_writable_directory
+from .model import LSTMLanguageModel, detach_state
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("lstmgen")
+
+CHECKPOINT_FORMAT = "lstmgen-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_MEMBERS = {"state.json": 64 << 20, "tensors.safetensors": 32 << 30}
+#: Options that may change between a checkpoint and its resumption without changing the maths.
+RESUMABLE_CHANGES = {"max_time", "max_steps", "epochs", "log_every", "checkpoint_every", "device", "threads", "val_every"}
+Event = dict[str, Any]
+
+
+def run_directory(output: Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".run")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LstmgenError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise LstmgenError("--device mps was asked for, but Apple's MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def suggest_model(train_tokens: int, vocab_size: int, device: torch.device) -> ModelConfig:
+    """A model sized for the corpus and the device: big enough to learn, small enough to train."""
+    if device.type == "cuda":
+        hidden = 1024 if train_tokens >= 5_000_000 else 512 if train_tokens >= 200_000 else 256
+    else:
+        hidden = 512 if train_tokens >= 300_000 else 256 if train_tokens >= 30_000 else 128
+    layers = 2 if train_tokens >= 30_000 else 1
+    dropout = 0.1 if train_tokens >= 20_000_000 else 0.2 if train_tokens >= 300_000 else 0.3
+    return ModelConfig(vocab_size=vocab_size, embedding_size=hidden, hidden_size=hidden, num_layers=layers, dropout=dropout)
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` as progress → 1."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    decay = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.learning_rate * warm * decay
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    tokens_seen: int
+    elapsed: float
+    best_val_loss: float | None
+    best_val_bits_per_char: float | None
+    tokens_per_second: float
+    stopped_by: str
+
+
+@dataclass
+class _Progress:
+    """The position of a run; everything here goes into the checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    window: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0
+    best_val_loss: float | None = None
+    best_val_step: int | None = None
+    last_train_loss: float | None = None
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+
+class RunLock:
+    """An exclusive lock on a run directory (released by the OS if the process dies)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "lock"
+        self.handle: Any = None
+
+    def __enter__(self) -> RunLock:
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            raise LstmgenError(
+                f"another `lstmgen train` is already writing {self.path.parent} ; wait for it to finish or choose another -o"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+class _SignalGuard:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_number is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """Train a model on a tokenized corpus, writing the best bundle to `output`."""
+
+    def __init__(
+        self,
+        corpus: TokenizedCorpus,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        output: Path,
+        on_event: Callable[[Event], None] | None = None,
+        resume: bool = False,
+        init_weights: dict[str, torch.Tensor] | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        train_config.validate()
+        model_config.validate()
+        self.corpus = corpus
+        self.model_config = model_config
+        self.config = train_config
+        self.output = Path(output)
+        self.run_dir = run_directory(self.output)
+        self.on_event = on_event or (lambda event: None)
+        self.resume = resume
+        self.init_weights = init_weights
+        self.tokenizer = tokenizer or Tokenizer.load(corpus.tokenizer_path)
+        self._stop_requested: str | None = None
+        if model_config.vocab_size != self.tokenizer.vocab_size:
+            raise LstmgenError(
+                f"the model's vocabulary ({model_config.vocab_size}) does not match the tokenizer's ({self.tokenizer.vocab_size})"
+            )
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Stop after the current step, saving a checkpoint (as Ctrl-C does)."""
+        self._stop_requested = reason
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        config = self.config
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.model = LSTMLanguageModel(self.model_config).to(self.device)
+        if self.init_weights is not None:
+            from .bundle import weights_to_state_dict
+
+            self.model.load_state_dict(weights_to_state_dict(self.model, self.init_weights))
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.learning_rate,
+            betas=(0.9, 0.99),
+        )
+        tokens = self.corpus.tokens()
+        split = self.corpus.split
+        self.batcher = StreamBatcher(tokens[:split], config.batch_size, config.seq_len, config.seed)
+        val_end = min(len(tokens), split + config.val_max_tokens)
+        self.val_tokens = tokens[split - 1 : val_end]
+        meta = self.corpus.meta["split"]
+        share = (val_end - split) / max(1, len(tokens) - split)
+        self.val_bytes = int(round(meta["val_bytes"] * share))
+        self.val_chars = int(round(meta["val_chars"] * share))
+        self.progress = _Progress()
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.checkpoint_path = self.run_dir / "checkpoint.ckpt"
+        self.curve: list[dict[str, Any]] = []
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "model": to_dict(self.model_config),
+            "train": to_dict(self.config),
+            "tokens_sha256": self.corpus.meta.get("tokens_sha256"),
+            "corpus_sha256": self.corpus.meta.get("corpus_sha256"),
+            "tokenizer_sha256": self.corpus.meta.get("tokenizer_sha256"),
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable_directory(self.output, "bundle")
+        with RunLock(self.run_dir), _SignalGuard() as guard:
+            self._setup()
+            if self.resume:
+                self._load_checkpoint()
+            else:
+                self._reset_metrics()
+            return self._loop(guard)
+
+    def _loop(self, guard: _SignalGuard) -> TrainResult:
+        config = self.config
+        p = self.progress
+        self.on_event({"event": "start", "step": p.step, "parameters": self.model.num_parameters(), "device": str(self.device),
+                       "model": to_dict(self.model_config), "train": to_dict(config), "resumed": self.resume})
+        started = time.monotonic() - p.elapsed
+        last_checkpoint = time.monotonic()
+        window_tokens = config.batch_size * config.seq_len
+        log_time, log_tokens = time.monotonic(), 0
+        stopped_by = self._stop_reason(p.elapsed)
+        while stopped_by is None:
+            if p.window >= self.batcher.windows_per_epoch(p.epoch):
+                p.epoch += 1
+                p.window = 0
+                self.state = None
+            lr = learning_rate(config, p.step, self._progress_fraction(p.elapsed))
+            loss = self._train_step(p.epoch, p.window, lr)
+            p.step += 1
+            p.window += 1
+            p.tokens_seen += window_tokens
+            p.elapsed = time.monotonic() - started
+            p.loss_sum += loss
+            p.loss_count += 1
+            log_tokens += window_tokens
+            if p.step % config.log_every == 0:
+                now = time.monotonic()
+                p.last_train_loss = p.loss_sum / p.loss_count
+                record = {"type": "train", "step": p.step, "epoch": p.epoch, "loss": p.last_train_loss, "lr": lr,
+                          "tokens_seen": p.tokens_seen, "elapsed": p.elapsed, "tokens_per_second": log_tokens / max(now - log_time, 1e-9)}
+                self._log_metrics(record)
+                self.on_event({"event": "step", **record, "progress": self._progress_fraction(p.elapsed)})
+                log_time, log_tokens = now, 0
+                p.loss_sum, p.loss_count = 0.0, 0
+            stopped_by = self._stop_reason(p.elapsed)
+            if p.step % config.val_every == 0 or stopped_by in ("max_time", "max_steps", "epochs"):
+                self._validate()
+                p.elapsed = time.monotonic() - started
+            if guard.signal_number is not None:
+                stopped_by = "signal"
+            elif self._stop_requested is not None:
+                stopped_by = "requested"
+            if stopped_by or time.monotonic() - last_checkpoint >= config.checkpoint_every:
+                self._save_checkpoint()
+                last_checkpoint = time.monotonic()
+        if not self.output.exists() or p.best_val_loss is None:
+            self._save_bundle()
+        tokens_per_second = p.tokens_seen / max(p.elapsed, 1e-9)
+        result = TrainResult(self.output, p.step, p.tokens_seen, p.elapsed, p.best_val_loss, self._bits_per_char(p.best_val_loss), tokens_per_second, stopped_by)
+        self.on_event({"event": "end", **dataclasses.asdict(result), "output": str(self.output)})
+        if stopped_by == "signal":
+            raise TrainingInterrupted(guard.signal_number or signal.SIGINT, f"stopped at step {p.step}; checkpoint saved")
+        return result
+
+    def _train_step(self, epoch: int, window: int, lr: float) -> float:
+        self.model.train()
+        inputs, targets = self.batcher.batch(epoch, window)
+        x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
+        y = torch.from_numpy(targets).to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits, state = self.model(x, self.state)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.state = detach_state(state)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise LstmgenError(
+                f"training diverged at step {self.progress.step + 1} (loss {value}); lower --lr (now {self.config.learning_rate:g}) and start again"
+            )
+        return value
+
+    def _progress_fraction(self, elapsed: float) -> float:
+        config, p = self.config, self.progress
+        fractions = []
+        if config.max_steps is not None:
+            fractions.append(p.step / config.max_steps)
+        if config.max_time is not None:
+            fractions.append(elapsed / config.max_time)
+        if config.epochs is not None:
+            per_epoch = max(1, self.batcher.windows_per_epoch(p.epoch))
+            fractions.append((p.epoch + p.window / per_epoch) / config.epochs)
+        return max(fractions) if fractions else 0.0
+
+    def _stop_reason(self, elapsed: float) -> str | None:
+        config, p = self.config, self.progress
+        if config.max_steps is not None and p.step >= config.max_steps:
+            return "max_steps"
+        if config.max_time is not None and elapsed >= config.max_time:
+            return "max_time"
+        if config.epochs is not None and self._progress_fraction(elapsed) >= 1.0 and p.step > 0:
+            return "epochs"
+        return None
+
+    # -- validation and bundles -------------------------------------------------------------------
+
+    def _bits_per_char(self, loss: float | None) -> float | None:
+        if loss is None or not self.val_chars:
+            return None
+        return loss * (len(self.val_tokens) - 1) / math.log(2) / self.val_chars
+
+    def _validate(self) -> None:
+        p = self.progress
+        nll, count = total_nll(self.model, self.val_tokens, num_streams=min(32, max(1, len(self.val_tokens) // 1024)), seq_len=256, device=self.device)
+        summary = summarize(nll, count, self.val_bytes, self.val_chars)
+        improved = p.best_val_loss is None or summary["nll"] < p.best_val_loss
+        if improved:
+            p.best_val_loss = summary["nll"]
+            p.best_val_step = p.step
+        record = {"type": "val", "step": p.step, "val_loss": summary["nll"], "val_bits_per_char": summary["bits_per_char"],
+                  "val_bits_per_byte": summary["bits_per_byte"], "best": improved, "elapsed": p.elapsed}
+        self._log_metrics(record)
+        self.curve.append({"step": p.step, "train_loss": p.last_train_loss, "val_loss": summary["nll"]})
+        self.on_event({"event": "val", **record})
+        if improved:
+            self._save_bundle()
+
+    def _save_bundle(self) -> None:
+        p = self.progress
+        training = {
+            "steps": p.step,
+            "tokens_seen": p.tokens_seen,
+            "elapsed_seconds": round(p.elapsed, 3),
+            "best_val_loss": p.best_val_loss,
+            "best_val_bits_per_char": self._bits_per_char(p.best_val_loss),
+            "best_val_step": p.best_val_step,
+            "corpus_sha256": self.corpus.meta.get("corpus_sha256"),
+            "corpus_files": [{"name": Path(f["path"]).name, "bytes": f["bytes"], "sha256": f["sha256"]} for f in self.corpus.meta.get("files", [])],
+            "train_config": to_dict(self.config),
+            "device": str(self.device),
+            "curve": self.curve[-500:],
+        }
+        save_bundle(self.output, self.model, self.tokenizer, tokenizer_settings=self.corpus.meta.get("tokenizer"), training=training)
+        self.on_event({"event": "bundle", "step": p.step, "path": str(self.output)})
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    def _reset_metrics(self) -> None:
+        with atomic_writer(self.metrics_path):
+            pass
+
+    def _log_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after the checkpoint, so a resumed run's log matches an uninterrupted one."""
+        kept = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("step", math.inf) <= step:
+                    kept.append(line + "\n")
+        with atomic_writer(self.metrics_path) as handle:
+            handle.write("".join(kept).encode("utf-8"))
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        from safetensors.torch import save as save_safetensors
+
+        tensors: dict[str, torch.Tensor] = {}
+        for name, tensor in self.model.state_dict().items():
+            if name == "head.weight" and self.model_config.tie_weights:
+                continue
+            tensors[f"model.{name}"] = tensor.detach().cpu().contiguous()
+        optimizer_state = self.optimizer.state_dict()
+        for index, values in optimizer_state["state"].items():
+            for key, value in values.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.state is not None:
+            tensors["carry.h"] = self.state[0].detach().cpu().contiguous()
+            tensors["carry.c"] = self.state[1].detach().cpu().contiguous()
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "fingerprint": self._fingerprint(),
+            "progress": dataclasses.asdict(self.progress),
+            "curve": self.curve,
+            "optimizer_groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer_state["param_groups"]],
+        }
+        import zipfile
+
+        payload = save_safetensors(tensors)
+        with atomic_writer(self.checkpoint_path) as handle:
+            with zipfile.ZipFile(handle, "w") as archive:
+                archive.writestr("state.json", json.dumps(state), zipfile.ZIP_DEFLATED)
+                archive.writestr("tensors.safetensors", payload, zipfile.ZIP_STORED)
+        self.on_event({"event": "checkpoint", "step": self.progress.step, "path": str(self.checkpoint_path)})
+
+    def _load_checkpoint(self) -> None:
+        if not self.checkpoint_path.exists():
+            raise LstmgenError(f"nothing to resume: {self.checkpoint_path} does not exist; start without --resume")
+        members = read_members(self.checkpoint_path, CHECKPOINT_MEMBERS, what="checkpoint")
+        state = parse_json_member(members["state.json"], "state.json", self.checkpoint_path)
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("format_version") != CHECKPOINT_VERSION:
+            raise LstmgenError(f"{self.checkpoint_path} is not an lstmgen checkpoint of version {CHECKPOINT_VERSION}; start without --resume")
+        self._check_compatible(state.get("fingerprint", {}))
+        tensors = parse_safetensors(members["tensors.safetensors"], self.checkpoint_path, "tensors.safetensors")
+        model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        if self.model_config.tie_weights and "embedding.weight" in model_state:
+            model_state["head.weight"] = model_state["embedding.weight"]
+        try:
+            self.model.load_state_dict(model_state)
+            optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
+            for name, value in tensors.items():
+                if name.startswith("optimizer."):
+                    _, index, key = name.split(".", 2)
+                    optimizer_state.setdefault(int(index), {})[key] = value
+            groups = self.optimizer.state_dict()["param_groups"]
+            for group, saved in zip(groups, state["optimizer_groups"]):
+                group.update(saved)
+            self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
+            self.progress = _Progress(**state["progress"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as error:
+            raise LstmgenError(f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start without --resume") from None
+        torch.set_rng_state(tensors["rng.cpu"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if "carry.h" in tensors:
+            self.state = (tensors["carry.h"].to(self.device), tensors["carry.c"].to(self.device))
+        self.curve = list(state.get("curve", []))
+        self._truncate_metrics(self.progress.step)
+        self.on_event({"event": "resumed", "step": self.progress.step})
+
+    def _check_compatible(self, saved: dict[str, Any]) -> None:
+        current = self._fingerprint()
+        for key in ("tokenizer_sha256", "corpus_sha256", "tokens_sha256"):
+            if saved.get(key) != current.get(key):
+                what = {"tokenizer_sha256": "the tokenizer", "corpus_sha256": "the corpus", "tokens_sha256": "the tokenized corpus"}[key]
+                raise LstmgenError(f"cannot resume: {what} differs from the checkpoint's; use the same corpus and tokenizer, or start without --resume")
+        for section in ("model", "train"):
+            old, new = saved.get(section, {}), current[section]
+            for name in sorted(set(old) | set(new)):
+                if section == "train" and name in RESUMABLE_CHANGES:
+                    continue
+                if old.get(name) != new.get(name):
+                    option = "--" + name.replace("_", "-")
+                    raise LstmgenError(
+                        f"cannot resume: {option} differs (checkpoint {old.get(name)!r}, now {new.get(name)!r}); drop the option or start without --resume"
+                    )
+
+
+def load_checkpoint_config(output: Path) -> tuple[ModelConfig, TrainConfig] | None:
+    """The model and training configuration stored in a run's checkpoint, if there is one."""
+    path = run_directory(output) / "checkpoint.ckpt"
+    if not path.exists():
+        return None
+    members = read_members(path, CHECKPOINT_MEMBERS, what="checkpoint")
+    state = parse_json_member(members["state.json"], "state.json", path)
+    fingerprint = state.get("fingerprint", {})
+    return from_dict(ModelConfig, fingerprint.get("model"), "checkpoint model config"), from_dict(TrainConfig, fingerprint.get("train"), "checkpoint train config")
+
+
+def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                yield json.loads(line)
+
+
+__all__ = ["Trainer", "TrainResult", "suggest_model", "resolve_device", "run_directory", "learning_rate", "np"]
