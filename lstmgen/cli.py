@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
+
+try:  # typer ≥ 0.20 vendors click; older releases use click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the typer release
+    from click import exceptions as click_exceptions
 
 from . import __version__
 from .errors import LstmgenError, TrainingInterrupted
@@ -64,8 +68,13 @@ def _stderr_console() -> Any:
 
 
 def _write_stdout(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    """Write data to stdout; when the reader has gone (`| head`), stop quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(0) from None
 
 
 class _LogFormatter(logging.Formatter):
@@ -404,8 +413,7 @@ def _file_sha(path: Path) -> str:
 def _tokenize_with_progress(corpus: list[Path], config: Any, directory: Path, val_fraction: float, errors: str, tokenizer: Any) -> Any:
     from .data import tokenize_corpus
 
-    _info("training the tokenizer and encoding the corpus" if tokenizer is None else "encoding the corpus")
-    progress, update = _progress_bar("encoding")
+    progress, update = _progress_bar("training the tokenizer and encoding" if tokenizer is None else "encoding")
     if progress:
         progress.start()
     try:
@@ -622,31 +630,37 @@ def _error(message: str, code: int) -> None:
     _exit_quietly(code)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def _exit_quietly(code: int) -> None:
-    # After a broken pipe, stop Python from complaining while it flushes stdout at exit.
     try:
         sys.stdout.flush()
     except (OSError, ValueError):
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        _silence_stdout()
     sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with lstmgen's error conventions (one line, exit 2; 130 on Ctrl-C)."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="lstmgen")
-    except click.exceptions.Exit as done:
+        code = app(args=argv, standalone_mode=False, prog_name="lstmgen")
+        if isinstance(code, int) and code:
+            _exit_quietly(code)
+    except typer.Exit as done:
         _exit_quietly(done.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _error("interrupted", 130)
-    except click.UsageError as error:
+    except click_exceptions.UsageError as error:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
         _error(" ".join(error.format_message().split()) + hint, 2)
-    except click.ClickException as error:
+    except click_exceptions.ClickException as error:
         _error(" ".join(error.format_message().split()), 2)
     except LstmgenError as error:
         _error(str(error), 2)

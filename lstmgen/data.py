@@ -4,8 +4,8 @@ A tokenized corpus is a directory holding `tokenizer.model`, `tokens.bin` (a fla
 ids, uint16 when the vocabulary fits, else uint32) and `tokens.json` (its sidecar). Training
 memory-maps `tokens.bin`, so resident memory does not grow with the corpus.
 
-The token stream is `EOS doc1 EOS doc2 ...`: each corpus file is a document and the end-of-text
-id also marks the start of one, so a model conditioned on EOS starts a fresh document.
+The token stream is `doc1 EOS doc2 EOS ...`: each corpus file is a document and the end-of-text id
+follows it, so a model learns where documents end and what follows an end.
 """
 
 from __future__ import annotations
@@ -266,7 +266,6 @@ def encode_corpus(
         for reader in readers:
             file_tokens_start = num_tokens
             file_chars = 0
-            write(handle, eos)
             batch: list[str] = []
             batch_chars = 0
             for line in reader.lines():
@@ -290,6 +289,7 @@ def encode_corpus(
                 bytes_done += len(text.encode("utf-8", errors="surrogatepass"))
                 chars_done += len(text)
                 file_chars += len(text)
+            write(handle, eos)
             if on_progress:
                 on_progress(bytes_done, total_bytes)
             files.append(
@@ -301,7 +301,7 @@ def encode_corpus(
                     "tokens": num_tokens - file_tokens_start,
                 }
             )
-    if split is None or split["index"] >= num_tokens:
+    if split is None or split["index"] < 2 or split["index"] >= num_tokens - 1:
         raise LstmgenError(
             f"the corpus is too small to hold out a validation split ({num_tokens} tokens); give more text or a larger --val-fraction"
         )

@@ -64,8 +64,8 @@ def default_streams(num_tokens: int) -> int:
 
 
 def encode_text_stream(tokenizer: Tokenizer, lines: Iterable[str]) -> tuple[np.ndarray, int, int]:
-    """[EOS] + ids of the text, with its size in bytes and characters; reads in batches."""
-    chunks = [np.array([tokenizer.eos_id], dtype=np.uint32)]
+    """[BOS] + ids of the text, with its size in bytes and characters; reads in batches."""
+    chunks = [np.array([tokenizer.bos_id], dtype=np.uint32)]
     batch: list[str] = []
     size = 0
     num_bytes = 0

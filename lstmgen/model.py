@@ -9,6 +9,10 @@ from .config import ModelConfig
 
 State = tuple[torch.Tensor, torch.Tensor]
 
+#: The start id (the tokenizer's BOS). It reads as an all-zero input vector: a fresh state plus a
+#: neutral input, whatever the (tied, rarely trained) embedding row of the id has drifted to.
+START_ID = 1
+
 
 class LSTMLanguageModel(nn.Module):
     """Next-token model whose forward takes and returns the recurrent state.
@@ -60,7 +64,8 @@ class LSTMLanguageModel(nn.Module):
 
     def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Head inputs of shape (batch, time, head_input) and the new state."""
-        x = self.input_dropout(self.embedding(tokens))
+        x = self.embedding(tokens).masked_fill((tokens == START_ID).unsqueeze(-1), 0.0)
+        x = self.input_dropout(x)
         output, state = self.rnn(x, state)
         output = self.output_dropout(output)
         if self.projection is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import LstmgenError
-from .model import LSTMLanguageModel, State
+from .model import START_ID, LSTMLanguageModel, State
 from .tokenizer import Tokenizer
 
 FINISH_LENGTH = "length"
@@ -97,7 +97,7 @@ class FastStepper:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h_all, c_all = state
-        x = self.model.embedding(tokens)
+        x = self.model.embedding(tokens).masked_fill((tokens == START_ID).unsqueeze(-1), 0.0)
         new_h, new_c = [], []
         for layer, (weight, bias) in enumerate(self.layers):
             gates = torch.addmm(bias, torch.cat([x, h_all[layer]], dim=1), weight)
@@ -215,7 +215,7 @@ class Sampler:
                 self.banned[token_id] = True
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        return [self.tokenizer.eos_id] + self.tokenizer.encode(prompt)
+        return [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
 
     @torch.inference_mode()
     def stream(self, prompt: str, options: SamplingOptions, num_samples: int = 1, first_index: int = 0) -> Iterator[tuple[int, str] | tuple[int, Sample]]:

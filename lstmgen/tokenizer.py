@@ -112,6 +112,11 @@ class Tokenizer:
         return EOS_ID
 
     @property
+    def bos_id(self) -> int:
+        """The start id: fed first with a zero state; the model reads it as a zero input vector."""
+        return BOS_ID
+
+    @property
     def special_ids(self) -> list[int]:
         """Ids that never stand for text (unknown, begin, end)."""
         return [i for i in range(self.vocab_size) if self._sp.is_control(i) or self._sp.is_unknown(i)]

@@ -1,0 +1,133 @@
+"""Training: it learns, it resumes exactly, it refuses unsafe resumes, it locks its output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstmgen.bundle import load_bundle
+from lstmgen.config import ModelConfig, TokenizerConfig, TrainConfig
+from lstmgen.data import tokenize_corpus
+from lstmgen.errors import LstmgenError
+from lstmgen.trainer import RunLock, Trainer, learning_rate, run_directory
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path):
+    return tokenize_corpus([small_corpus], TokenizerConfig(vocab_size=400), tmp_path_factory.mktemp("tok"), 0.1)
+
+
+def _configs(corpus, **train) -> tuple[ModelConfig, TrainConfig]:
+    model = ModelConfig(vocab_size=corpus.meta["vocab_size"], embedding_size=24, hidden_size=24, num_layers=2, dropout=0.2)
+    options = dict(batch_size=4, seq_len=16, max_steps=STEPS, val_every=5, log_every=1, warmup_steps=3, seed=5, threads=2, val_max_tokens=2000)
+    options.update(train)
+    return model, TrainConfig(**options)
+
+
+def _train(corpus, output: Path, stop_at: int | None = None, resume: bool = False, **train) -> Trainer:
+    model_config, train_config = _configs(corpus, **train)
+    trainer = Trainer(corpus, model_config, train_config, output, resume=resume)
+
+    def on_event(event: dict) -> None:
+        if stop_at is not None and event["event"] == "step" and event["step"] >= stop_at:
+            trainer.request_stop()
+
+    trainer.on_event = on_event
+    trainer.run()
+    return trainer
+
+
+def _deterministic_metrics(output: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_directory(output) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_second")} for r in records]
+
+
+def test_training_lowers_the_loss(corpus, tmp_path: Path) -> None:
+    trainer = _train(corpus, tmp_path / "m.lstmgen", max_steps=30, val_every=10)
+    records = [json.loads(x) for x in (run_directory(tmp_path / "m.lstmgen") / "metrics.jsonl").read_text().splitlines()]
+    vals = [r["val_loss"] for r in records if r["type"] == "val"]
+    assert vals[-1] < vals[0]
+    assert trainer.progress.step == 30
+    bundle = load_bundle(tmp_path / "m.lstmgen")
+    assert bundle.meta["training"]["best_val_loss"] == pytest.approx(min(vals))
+
+
+@pytest.mark.parametrize("k", [2, 5, 7])
+def test_resume_is_bitwise_exact(corpus, tmp_path: Path, k: int) -> None:
+    straight = tmp_path / "straight.lstmgen"
+    _train(corpus, straight)
+    resumed = tmp_path / "resumed.lstmgen"
+    first = _train(corpus, resumed, stop_at=k)
+    assert first.progress.step == k
+    _train(corpus, resumed, resume=True)
+    a = load_bundle(straight).tensors
+    b = load_bundle(resumed).tensors
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert _deterministic_metrics(straight) == _deterministic_metrics(resumed)
+
+
+def test_resume_refuses_a_changed_model(corpus, tmp_path: Path) -> None:
+    output = tmp_path / "m.lstmgen"
+    _train(corpus, output, stop_at=2)
+    model_config, train_config = _configs(corpus)
+    model_config.hidden_size = 32
+    with pytest.raises(LstmgenError, match=r"--hidden-size differs \(checkpoint 24, now 32\)"):
+        Trainer(corpus, model_config, train_config, output, resume=True).run()
+
+
+def test_resume_allows_changing_the_step_budget(corpus, tmp_path: Path) -> None:
+    output = tmp_path / "m.lstmgen"
+    _train(corpus, output, stop_at=4)
+    trainer = _train(corpus, output, resume=True, max_steps=8)
+    assert trainer.progress.step == 8
+
+
+def test_resume_refuses_a_different_corpus(corpus, tmp_path: Path) -> None:
+    output = tmp_path / "m.lstmgen"
+    _train(corpus, output, stop_at=2)
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("completely different words\n" * 2000)
+    other = tokenize_corpus([other_text], TokenizerConfig(vocab_size=400), tmp_path / "tok2", 0.1)
+    model_config, train_config = _configs(other)
+    with pytest.raises(LstmgenError, match="cannot resume"):
+        Trainer(other, model_config, train_config, output, resume=True).run()
+
+
+def test_resume_without_checkpoint(corpus, tmp_path: Path) -> None:
+    model_config, train_config = _configs(corpus)
+    with pytest.raises(LstmgenError, match="nothing to resume"):
+        Trainer(corpus, model_config, train_config, tmp_path / "none.lstmgen", resume=True).run()
+
+
+def test_lock_prevents_two_runs(tmp_path: Path) -> None:
+    with RunLock(tmp_path):
+        with pytest.raises(LstmgenError, match="already writing"):
+            with RunLock(tmp_path):
+                pass
+
+
+def test_learning_rate_schedule() -> None:
+    config = TrainConfig(learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(config, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate(config, 9, 0.0) == pytest.approx(1.0)
+    assert learning_rate(config, 100, 0.5) == pytest.approx(0.55)
+    assert learning_rate(config, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_fine_tuning_starts_from_the_base_weights(corpus, tmp_path: Path) -> None:
+    base = tmp_path / "base.lstmgen"
+    _train(corpus, base, max_steps=20)
+    bundle = load_bundle(base)
+    model_config, train_config = _configs(corpus, max_steps=1, learning_rate=1e-9, warmup_steps=0)
+    tuned = tmp_path / "tuned.lstmgen"
+    Trainer(corpus, model_config, train_config, tuned, init_weights=bundle.tensors).run()
+    tuned_tensors = load_bundle(tuned).tensors
+    for name, tensor in bundle.tensors.items():
+        assert torch.allclose(tensor, tuned_tensors[name], atol=1e-6), name
