@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -278,8 +279,9 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration as JSON and exit."),
 ) -> None:
     """Train an LSTM language model on a corpus and write the best model as one .lstmgen bundle."""
-    from .config import ModelConfig, TokenizerConfig, TrainConfig, parse_duration, to_dict
-    from .data import TokenizedCorpus, check_corpus_file, reusable_encoding, tokenize_corpus
+    from .bundle import load_bundle
+    from .config import TokenizerConfig, TrainConfig, parse_duration, to_dict
+    from .data import check_corpus_file
     from .fsutil import check_writable_directory
     from .trainer import Trainer, load_checkpoint_config, resolve_device, run_directory, suggest_model
 
@@ -317,35 +319,15 @@ def train(
 
     tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
     tokenizer_config.validate()
-    init_bundle = None
-    tokens_dir = run_dir / "tokens"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if init_from is not None:
-        from .bundle import load_bundle
-
-        init_bundle = load_bundle(init_from)
-        settings = init_bundle.meta.get("tokenizer", {}).get("settings") or {}
-        corpus_data = reusable_encoding(tokens_dir, corpus, _tokenizer_config_from(settings), val_fraction, errors)
-        if corpus_data is None or corpus_data.meta.get("tokenizer_sha256") != _sha256(init_bundle.tokenizer.model_proto):
-            corpus_data = _tokenize_with_progress(corpus, _tokenizer_config_from(settings), tokens_dir, val_fraction, errors, init_bundle.tokenizer)
-    elif tokenizer_dir is not None:
-        given = TokenizedCorpus.open(tokenizer_dir)
-        settings_config = _tokenizer_config_from(given.meta.get("tokenizer", {}))
-        same = [f.get("sha256") for f in given.meta.get("files", [])] == [_file_sha(p) for p in corpus]
-        if same and given.meta["split"].get("val_fraction") == val_fraction:
-            corpus_data = given
-        else:
-            from .tokenizer import Tokenizer
-
-            corpus_data = reusable_encoding(tokens_dir, corpus, settings_config, val_fraction, errors)
-            if corpus_data is None or corpus_data.meta.get("tokenizer_sha256") != given.meta.get("tokenizer_sha256"):
-                corpus_data = _tokenize_with_progress(corpus, settings_config, tokens_dir, val_fraction, errors, Tokenizer.load(given.tokenizer_path))
-    else:
-        corpus_data = reusable_encoding(tokens_dir, corpus, tokenizer_config, val_fraction, errors)
-        if corpus_data is not None:
-            _info(f"reusing the encoded corpus in {tokens_dir}")
-        else:
-            corpus_data = _tokenize_with_progress(corpus, tokenizer_config, tokens_dir, val_fraction, errors, None)
+    init_bundle = load_bundle(init_from) if init_from is not None else None
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume)
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
     if saved:
         model_config = saved[0]
@@ -389,6 +371,37 @@ def train(
         raise typer.Exit(130 if interrupted.signal_number == signal.SIGINT else 143) from None
     finally:
         display.close()
+
+
+def _prepare_corpus(
+    corpus: list[Path], tokens_dir: Path, tokenizer_config: Any, tokenizer_dir: Optional[Path], init_bundle: Any,
+    val_fraction: float, errors: str, resume: bool,
+) -> Any:
+    """The tokenized corpus for a run: reuse an up-to-date encoding, else tokenize (with the given tokenizer)."""
+    from .data import TokenizedCorpus, reusable_encoding
+    from .tokenizer import Tokenizer
+
+    if init_bundle is not None:
+        tokenizer: Any = init_bundle.tokenizer
+        settings = _tokenizer_config_from(init_bundle.meta.get("tokenizer", {}).get("settings") or {})
+    elif tokenizer_dir is not None:
+        given = TokenizedCorpus.open(tokenizer_dir)
+        same_files = [f.get("sha256") for f in given.meta.get("files", [])] == [_file_sha(p) for p in corpus]
+        if same_files and given.meta["split"].get("val_fraction") == val_fraction:
+            return given
+        tokenizer = Tokenizer.load(given.tokenizer_path)
+        settings = _tokenizer_config_from(given.meta.get("tokenizer", {}))
+    elif resume and tokens_dir.exists():
+        # Resuming keeps the run's own tokenizer, whatever the tokenizer options say now.
+        existing = TokenizedCorpus.open(tokens_dir)
+        tokenizer, settings = None, _tokenizer_config_from(existing.meta.get("tokenizer", {}))
+    else:
+        tokenizer, settings = None, tokenizer_config
+    found = reusable_encoding(tokens_dir, corpus, settings, val_fraction, errors)
+    if found is not None and (tokenizer is None or found.meta.get("tokenizer_sha256") == _sha256(tokenizer.model_proto)):
+        _info(f"reusing the encoded corpus in {tokens_dir}")
+        return found
+    return _tokenize_with_progress(corpus, settings, tokens_dir, val_fraction, errors, tokenizer)
 
 
 def _tokenizer_config_from(settings: dict[str, Any]) -> Any:
