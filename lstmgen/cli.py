@@ -251,7 +251,7 @@ def train(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Bundle to write (default: FIRST-CORPUS-NAME.lstmgen)."),
     tokenizer_dir: Optional[Path] = typer.Option(None, "--tokenizer", help="A directory made by `lstmgen tokenize` (default: train one)."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary size (default: chosen from the corpus)."),
-    model_type: str = typer.Option("unigram", help="Tokenizer type: unigram, bpe or char."),
+    model_type: Optional[str] = typer.Option(None, help="Tokenizer type: unigram (default), bpe or char."),
     hidden_size: Optional[int] = typer.Option(None, help="LSTM units per layer (default: from corpus size and device)."),
     embedding_size: Optional[int] = typer.Option(None, help="Embedding size (default: the hidden size)."),
     layers: Optional[int] = typer.Option(None, help="Number of LSTM layers."),
@@ -266,7 +266,7 @@ def train(
     max_time: Optional[str] = typer.Option(None, help="Stop after this long, e.g. 90s, 5m, 2h (default 15m when no limit is given)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
     epochs: Optional[float] = typer.Option(None, help="Stop after this many passes over the corpus."),
-    val_fraction: float = typer.Option(0.1, help="Share of the corpus tail held out for validation."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of the corpus tail held out for validation (default 0.1)."),
     val_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
     seed: Optional[int] = typer.Option(None, help="Random seed (a fixed seed makes a CPU run reproducible)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
@@ -277,14 +277,19 @@ def train(
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this bundle's weights and tokenizer (fine-tuning)."),
     errors: str = typer.Option("strict", help="Invalid UTF-8 in the corpus: strict or replace."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration as JSON and exit."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file with [tokenizer], [model] and [train] tables; flags override it."),
 ) -> None:
     """Train an LSTM language model on a corpus and write the best model as one .lstmgen bundle."""
     from .bundle import load_bundle
-    from .config import TokenizerConfig, TrainConfig, parse_duration, to_dict
+    from .config import TokenizerConfig, TrainConfig, apply_settings, load_config_file, parse_duration
     from .data import check_corpus_file
     from .fsutil import check_writable_directory
+    from .distributed import setup as setup_distributed
     from .trainer import Trainer, load_checkpoint_config, resolve_device, run_directory, suggest_model
 
+    group = setup_distributed()
+    if not group.is_main:
+        _setup_logging(quiet=True)
     for path in corpus:
         check_corpus_file(path)
     output = output or Path(corpus[0].stem + ".lstmgen")
@@ -294,7 +299,9 @@ def train(
     saved = load_checkpoint_config(output) if resume else None
     if resume and saved is None:
         raise LstmgenError(f"nothing to resume: {run_dir / 'checkpoint.ckpt'} does not exist; run without --resume")
+    file_settings = load_config_file(config_file) if config_file is not None else {}
     train_config = saved[1] if saved else TrainConfig()
+    apply_settings(train_config, file_settings.get("train", {}), "train")
     overrides = {
         "batch_size": batch_size, "seq_len": seq_len, "learning_rate": lr, "weight_decay": weight_decay,
         "warmup_steps": warmup_steps, "grad_clip": grad_clip, "max_steps": max_steps, "epochs": epochs,
@@ -302,14 +309,16 @@ def train(
         "max_time": parse_duration(max_time) if max_time is not None else None,
         "checkpoint_every": parse_duration(checkpoint_every, "--checkpoint-every") if checkpoint_every is not None else None,
     }
-    if any(overrides[k] is not None for k in ("max_time", "max_steps", "epochs")):
+    if any(overrides[k] is not None for k in ("max_time", "max_steps", "epochs")) and not saved:
         train_config.max_time, train_config.max_steps, train_config.epochs = None, None, None
     for name, value in overrides.items():
         if value is not None:
             setattr(train_config, name, value)
     if not saved and train_config.max_time is None and train_config.max_steps is None and train_config.epochs is None:
         train_config.max_time = 15 * 60.0
-    train_config.val_fraction = val_fraction
+    if val_fraction is not None:
+        train_config.val_fraction = val_fraction
+    val_fraction = train_config.val_fraction
     train_config.validate()
     device_obj = resolve_device(train_config.device)
     if train_config.threads:
@@ -317,17 +326,26 @@ def train(
 
         torch.set_num_threads(train_config.threads)
 
-    tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
+    tokenizer_config = TokenizerConfig()
+    apply_settings(tokenizer_config, file_settings.get("tokenizer", {}), "tokenizer")
+    for name, value in {"vocab_size": vocab_size, "model_type": model_type}.items():
+        if value is not None:
+            setattr(tokenizer_config, name, value)
     tokenizer_config.validate()
     init_bundle = load_bundle(init_from) if init_from is not None else None
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if group.is_main:
+        created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume)
+        except BaseException:
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        group.barrier()
+    else:
+        group.barrier()  # rank 0 has written the encoding; the other ranks find it ready
         corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume)
-    except BaseException:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
     if saved:
         model_config = saved[0]
@@ -335,6 +353,11 @@ def train(
         model_config = init_bundle.model_config
     else:
         model_config = suggest_model(corpus_data.split, corpus_data.meta["vocab_size"], device_obj)
+    file_model = dict(file_settings.get("model", {}))
+    if file_model and not saved and init_bundle is None:
+        if "hidden_size" in file_model and "embedding_size" not in file_model:
+            file_model["embedding_size"] = file_model["hidden_size"]
+        apply_settings(model_config, file_model, "model")
     model_overrides = {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout}
     for name, value in model_overrides.items():
         if value is not None:
@@ -348,20 +371,14 @@ def train(
         raise LstmgenError("--init-from keeps the base model's sizes; drop --hidden-size/--embedding-size/--layers/--no-tie-weights")
 
     if dry_run:
-        import torch
-
-        from .model import LSTMLanguageModel
-
-        parameters = LSTMLanguageModel(model_config).num_parameters()
-        _write_stdout(json.dumps({"model": to_dict(model_config), "train": to_dict(train_config), "tokenizer": corpus_data.meta.get("tokenizer"),
-                                  "parameters": parameters, "train_tokens": corpus_data.split, "device": str(device_obj),
-                                  "torch_threads": torch.get_num_threads()}, indent=2) + "\n")
+        if group.is_main:
+            _write_stdout(json.dumps(_dry_run_report(model_config, train_config, corpus_data, device_obj), indent=2) + "\n")
         return
     if not resume and (run_dir / "checkpoint.ckpt").exists():
         logging.getLogger("lstmgen").warning("%s holds a checkpoint of an earlier run; starting over (use --resume to continue it)", run_dir)
     display = _TrainDisplay()
     trainer = Trainer(corpus_data, model_config, train_config, output, on_event=display, resume=resume,
-                      init_weights=init_bundle.tensors if init_bundle is not None else None)
+                      init_weights=init_bundle.tensors if init_bundle is not None else None, group=group)
     try:
         trainer.run()
     except TrainingInterrupted as interrupted:
@@ -371,6 +388,47 @@ def train(
         raise typer.Exit(130 if interrupted.signal_number == signal.SIGINT else 143) from None
     finally:
         display.close()
+        if group.enabled:
+            from .distributed import shutdown
+
+            shutdown()
+
+
+def _dry_run_report(model_config: Any, train_config: Any, corpus_data: Any, device: Any) -> dict[str, Any]:
+    """The resolved configuration, the parameter count and a measured training speed."""
+    import time
+
+    import torch
+
+    from .config import to_dict
+    from .model import LSTMLanguageModel
+
+    model = LSTMLanguageModel(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(3, model_config.vocab_size, (train_config.batch_size, train_config.seq_len + 1), device=device)
+    timings = []
+    for _ in range(4):
+        started = time.perf_counter()
+        logits, _ = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    step_time = sorted(timings[1:])[len(timings[1:]) // 2]
+    return {
+        "model": to_dict(model_config),
+        "train": to_dict(train_config),
+        "tokenizer": corpus_data.meta.get("tokenizer"),
+        "parameters": model.num_parameters(),
+        "train_tokens": corpus_data.split,
+        "val_tokens": corpus_data.num_tokens - corpus_data.split,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "estimated_tokens_per_second": round(train_config.batch_size * train_config.seq_len / step_time),
+    }
 
 
 def _prepare_corpus(

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from .errors import LstmgenError
 
 MODEL_TYPES = ("unigram", "bpe", "char")
-CELLS = ("lstm",)
+CELLS = ("lstm", "gru", "paper")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 T = TypeVar("T")
@@ -200,9 +200,42 @@ def parse_duration(text: str, option: str = "--max-time") -> float:
     return total
 
 
-@dataclass
-class RunSpec:
-    """Everything that defines a training run, as stored in checkpoints and bundles."""
+CONFIG_SECTIONS = ("tokenizer", "model", "train")
+DURATION_FIELDS = {"max_time", "checkpoint_every"}
 
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+
+def load_config_file(path: Any) -> dict[str, dict[str, Any]]:
+    """Read a TOML run file: tables [tokenizer], [model] and [train] with the config field names."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise LstmgenError(f"config file {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise LstmgenError(f"config file {path} is a directory; pass a .toml file") from None
+    except OSError as error:
+        raise LstmgenError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise LstmgenError(f"config file {path} is not valid TOML ({str(error).splitlines()[0]}); fix it") from None
+    unknown = sorted(set(data) - set(CONFIG_SECTIONS))
+    if unknown:
+        raise LstmgenError(f"config file {path}: unknown table [{unknown[0]}]; use [tokenizer], [model] and [train]")
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise LstmgenError(f"config file {path}: {section} must be a table ([{section}])")
+    return data
+
+
+def apply_settings(config: Any, settings: dict[str, Any], section: str) -> None:
+    """Set fields of a config dataclass from a config-file table, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for name, value in settings.items():
+        if name not in fields:
+            raise LstmgenError(f"config file: [{section}] has no setting {name!r}; valid: {', '.join(sorted(fields))}")
+        if name in DURATION_FIELDS and isinstance(value, str):
+            value = parse_duration(value, f"[{section}] {name}")
+        setattr(config, name, _coerce(fields[name], value, f"config file [{section}]"))

@@ -31,6 +31,7 @@ import torch
 from .bundle import parse_json_member, parse_safetensors, read_members, save_bundle
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .data import StreamBatcher, TokenizedCorpus
+from .distributed import ProcessGroup
 from .errors import LstmgenError, TrainingInterrupted
 from .evaluation import summarize, total_nll
 from .fsutil import atomic_writer, check_writable_directory
@@ -177,6 +178,7 @@ class Trainer:
         resume: bool = False,
         init_weights: dict[str, torch.Tensor] | None = None,
         tokenizer: Tokenizer | None = None,
+        group: ProcessGroup | None = None,
     ) -> None:
         train_config.validate()
         model_config.validate()
@@ -189,6 +191,14 @@ class Trainer:
         self.resume = resume
         self.init_weights = init_weights
         self.tokenizer = tokenizer or Tokenizer.load(corpus.tokenizer_path)
+        self.group = group or ProcessGroup()
+        if not self.group.is_main:
+            self.on_event = lambda event: None
+        if train_config.batch_size % self.group.world_size:
+            raise LstmgenError(
+                f"--batch-size {train_config.batch_size} must be a multiple of the number of processes ({self.group.world_size}): "
+                "each process trains its own share of the streams"
+            )
         self._stop_requested: str | None = None
         if model_config.vocab_size != self.tokenizer.vocab_size:
             raise LstmgenError(
@@ -204,6 +214,8 @@ class Trainer:
     def _setup(self) -> None:
         config = self.config
         self.device = resolve_device(config.device)
+        if self.group.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.group.local_rank)
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -219,9 +231,17 @@ class Trainer:
             lr=config.learning_rate,
             betas=(0.9, 0.99),
         )
+        self.forward = self.model
+        if self.group.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
         tokens = self.corpus.tokens()
         split = self.corpus.split
-        self.batcher = StreamBatcher(tokens[:split], config.batch_size, config.seq_len, config.seed)
+        share = config.batch_size // self.group.world_size
+        self.streams = slice(self.group.rank * share, (self.group.rank + 1) * share)
+        self.batcher = StreamBatcher(tokens[:split], config.batch_size, config.seq_len, config.seed, streams=self.streams)
         val_end = min(len(tokens), split + config.val_max_tokens)
         self.val_tokens = tokens[split - 1 : val_end]
         meta = self.corpus.meta["split"]
@@ -246,14 +266,17 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        check_writable_directory(self.output, "bundle")
-        with RunLock(self.run_dir), _SignalGuard() as guard:
+        if self.group.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            check_writable_directory(self.output, "bundle")
+        lock = RunLock(self.run_dir) if self.group.is_main else contextlib.nullcontext()
+        with lock, _SignalGuard() as guard:
             self._setup()
             if self.resume:
                 self._load_checkpoint()
-            else:
+            elif self.group.is_main:
                 self._reset_metrics()
+            self.group.barrier()
             return self._loop(guard)
 
     def _loop(self, guard: _SignalGuard) -> TrainResult:
@@ -276,7 +299,7 @@ class Trainer:
             p.step += 1
             p.window += 1
             p.tokens_seen += window_tokens
-            p.elapsed = time.monotonic() - started
+            p.elapsed = self.group.broadcast_float(time.monotonic() - started)
             p.loss_sum += loss
             p.loss_count += 1
             log_tokens += window_tokens
@@ -293,20 +316,21 @@ class Trainer:
             if p.step % config.val_every == 0 or stopped_by in ("max_time", "max_steps", "epochs"):
                 self._validate()
                 p.elapsed = time.monotonic() - started
-            if guard.signal_number is not None:
+            if self.group.any(guard.signal_number is not None):
                 stopped_by = "signal"
-            elif self._stop_requested is not None:
+            elif self.group.any(self._stop_requested is not None):
                 stopped_by = "requested"
-            if stopped_by or time.monotonic() - last_checkpoint >= config.checkpoint_every:
+            if stopped_by or self.group.any(time.monotonic() - last_checkpoint >= config.checkpoint_every):
                 self._save_checkpoint()
                 last_checkpoint = time.monotonic()
-        if not self.output.exists() or p.best_val_loss is None:
+        if self.group.is_main and (not self.output.exists() or p.best_val_loss is None):
             self._save_bundle()
         tokens_per_second = p.tokens_seen / max(p.elapsed, 1e-9)
         result = TrainResult(self.output, p.step, p.tokens_seen, p.elapsed, p.best_val_loss, self._bits_per_char(p.best_val_loss), tokens_per_second, stopped_by)
         self.on_event({"event": "end", **dataclasses.asdict(result), "output": str(self.output)})
         if stopped_by == "signal":
             raise TrainingInterrupted(guard.signal_number or signal.SIGINT, f"stopped at step {p.step}; checkpoint saved")
+        self.group.barrier()
         return result
 
     def _train_step(self, epoch: int, window: int, lr: float) -> float:
@@ -316,14 +340,17 @@ class Trainer:
         y = torch.from_numpy(targets).to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits, state = self.model(x, self.state)
+        logits, state = self.forward(x, self.state)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.state = detach_state(state)
-        value = loss.item()
+        value = loss.detach()
+        if self.group.enabled:
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.AVG)
+        value = value.item()
         if not math.isfinite(value):
             raise LstmgenError(
                 f"training diverged at step {self.progress.step + 1} (loss {value}); lower --lr (now {self.config.learning_rate:g}) and start again"
@@ -361,6 +388,9 @@ class Trainer:
 
     def _validate(self) -> None:
         p = self.progress
+        if not self.group.is_main:
+            self.group.barrier()
+            return
         nll, count = total_nll(self.model, self.val_tokens, num_streams=min(32, max(1, len(self.val_tokens) // 1024)), seq_len=256, device=self.device)
         summary = summarize(nll, count, self.val_bytes, self.val_chars)
         improved = p.best_val_loss is None or summary["nll"] < p.best_val_loss
@@ -374,6 +404,7 @@ class Trainer:
         self.on_event({"event": "val", **record})
         if improved:
             self._save_bundle()
+        self.group.barrier()
 
     def _save_bundle(self) -> None:
         p = self.progress
@@ -400,6 +431,8 @@ class Trainer:
             pass
 
     def _log_metrics(self, record: dict[str, Any]) -> None:
+        if not self.group.is_main:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -431,12 +464,21 @@ class Trainer:
         for index, values in optimizer_state["state"].items():
             for key, value in values.items():
                 tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        tensors["rng.cpu"] = torch.get_rng_state()
+        # Under torchrun every rank contributes its random state and its streams' carried state.
+        cpu_states = self.group.gather_tensors(torch.get_rng_state())
+        tensors["rng.cpu"] = cpu_states[0]
+        if self.group.enabled:
+            tensors.update({f"rng.cpu.r{rank}": state.clone() for rank, state in enumerate(cpu_states)})
         if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            cuda_states = self.group.gather_tensors(torch.cuda.get_rng_state(self.device))
+            tensors["rng.cuda"] = cuda_states[0]
+            if self.group.enabled:
+                tensors.update({f"rng.cuda.r{rank}": state.clone() for rank, state in enumerate(cuda_states)})
         if self.state is not None:
-            tensors["carry.h"] = self.state[0].detach().cpu().contiguous()
-            tensors["carry.c"] = self.state[1].detach().cpu().contiguous()
+            for name, part in zip(("carry.h", "carry.c"), self.state):
+                tensors[name] = torch.cat(self.group.gather_tensors(part.detach().contiguous()), dim=1).contiguous()
+        if not self.group.is_main:
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -480,13 +522,15 @@ class Trainer:
             self.progress = _Progress(**state["progress"])
         except (RuntimeError, KeyError, TypeError, ValueError) as error:
             raise LstmgenError(f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start without --resume") from None
-        torch.set_rng_state(tensors["rng.cpu"])
+        rank = self.group.rank
+        torch.set_rng_state(tensors.get(f"rng.cpu.r{rank}", tensors["rng.cpu"]))
         if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            torch.cuda.set_rng_state(tensors.get(f"rng.cuda.r{rank}", tensors["rng.cuda"]), self.device)
         if "carry.h" in tensors:
-            self.state = (tensors["carry.h"].to(self.device), tensors["carry.c"].to(self.device))
+            self.state = tuple(tensors[name][:, self.streams].contiguous().to(self.device) for name in ("carry.h", "carry.c"))  # type: ignore[assignment]
         self.curve = list(state.get("curve", []))
-        self._truncate_metrics(self.progress.step)
+        if self.group.is_main:
+            self._truncate_metrics(self.progress.step)
         self.on_event({"event": "resumed", "step": self.progress.step})
 
     def _check_compatible(self, saved: dict[str, Any]) -> None:
