@@ -271,6 +271,8 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed (a fixed seed makes a CPU run reproducible)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 autocast on GPUs that support it, else fp32), fp32, bf16 or fp16."),
+    compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Compile the model with torch.compile (GPU runs)."),
     checkpoint_every: Optional[str] = typer.Option(None, help="Checkpoint interval, e.g. 10m."),
     log_every: Optional[int] = typer.Option(None, help="Log every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run that wrote -o exactly where it stopped."),
@@ -301,11 +303,14 @@ def train(
         raise LstmgenError(f"nothing to resume: {run_dir / 'checkpoint.ckpt'} does not exist; run without --resume")
     file_settings = load_config_file(config_file) if config_file is not None else {}
     train_config = saved[1] if saved else TrainConfig()
+    if not saved and resolve_device(device or train_config.device).type == "cuda":
+        train_config.batch_size = 128  # a GPU wants wider batches; flags and config files still win
     apply_settings(train_config, file_settings.get("train", {}), "train")
     overrides = {
         "batch_size": batch_size, "seq_len": seq_len, "learning_rate": lr, "weight_decay": weight_decay,
         "warmup_steps": warmup_steps, "grad_clip": grad_clip, "max_steps": max_steps, "epochs": epochs,
         "val_every": val_every, "seed": seed, "device": device, "threads": threads, "log_every": log_every,
+        "precision": precision, "compile": compile_model,
         "max_time": parse_duration(max_time) if max_time is not None else None,
         "checkpoint_every": parse_duration(checkpoint_every, "--checkpoint-every") if checkpoint_every is not None else None,
     }

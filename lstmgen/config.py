@@ -17,6 +17,8 @@ from .errors import LstmgenError
 MODEL_TYPES = ("unigram", "bpe", "char")
 CELLS = ("lstm", "gru", "paper")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: auto = bf16 autocast on GPUs that support it, else fp32 (bf16 is slower than fp32 on most CPUs).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 T = TypeVar("T")
 
@@ -87,6 +89,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: float = 600.0
     threads: int | None = None
+    precision: str = "auto"
+    compile: bool = False
 
     def validate(self) -> None:
         _check_int("--batch-size", self.batch_size, low=1, high=1 << 16)
@@ -112,6 +116,8 @@ class TrainConfig:
         _check_float("--checkpoint-every", self.checkpoint_every, low=0.0, high=1e9, low_open=True)
         if self.threads is not None:
             _check_int("--threads", self.threads, low=1, high=4096)
+        if self.precision not in PRECISIONS:
+            raise LstmgenError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -44,7 +44,7 @@ CHECKPOINT_FORMAT = "lstmgen-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_MEMBERS = {"state.json": 64 << 20, "tensors.safetensors": 32 << 30}
 #: Options that may change between a checkpoint and its resumption without changing the maths.
-RESUMABLE_CHANGES = {"max_time", "max_steps", "epochs", "log_every", "checkpoint_every", "device", "threads", "val_every"}
+RESUMABLE_CHANGES = {"max_time", "max_steps", "epochs", "log_every", "checkpoint_every", "device", "threads", "val_every", "precision", "compile"}
 Event = dict[str, Any]
 
 
@@ -65,6 +65,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
         raise LstmgenError("--device mps was asked for, but Apple's MPS is not available; use --device cpu or auto")
     return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `--precision` on `device` (None: plain float32)."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu" and name == "fp16":
+        raise LstmgenError("--precision fp16 needs a GPU; use fp32 (or bf16) on a CPU")
+    return torch.bfloat16 if name == "bf16" else torch.float16
 
 
 def suggest_model(train_tokens: int, vocab_size: int, device: torch.device) -> ModelConfig:
@@ -231,12 +242,14 @@ class Trainer:
             lr=config.learning_rate,
             betas=(0.9, 0.99),
         )
-        self.forward = self.model
+        self.autocast_dtype = resolve_precision(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.forward = torch.compile(self.model) if config.compile else self.model
         if self.group.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.forward = DistributedDataParallel(self.forward, device_ids=device_ids)
         tokens = self.corpus.tokens()
         split = self.corpus.split
         share = config.batch_size // self.group.world_size
@@ -272,12 +285,37 @@ class Trainer:
         lock = RunLock(self.run_dir) if self.group.is_main else contextlib.nullcontext()
         with lock, _SignalGuard() as guard:
             self._setup()
+            if self.group.is_main:
+                self._remove_stale_temporaries()
+                self._check_disk_space()
             if self.resume:
                 self._load_checkpoint()
             elif self.group.is_main:
                 self._reset_metrics()
             self.group.barrier()
             return self._loop(guard)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Drop temporary files a killed run left behind (safe: we hold the run's lock)."""
+        for directory, pattern in ((self.output.parent, f".{self.output.name}.*.tmp"), (self.run_dir, ".*.tmp")):
+            for path in directory.glob(pattern):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def _check_disk_space(self) -> None:
+        """Refuse to start when the bundle and checkpoint could not be written: better now than in hours."""
+        import shutil
+
+        parameters = self.model.num_parameters()
+        bundle = parameters * 4 + len(self.tokenizer.model_proto)
+        checkpoint = parameters * 4 * 3 + 2 * self.model_config.num_layers * self.config.batch_size * self.model_config.hidden_size * 4
+        needed = bundle + checkpoint + (1 << 20)
+        free = shutil.disk_usage(self.run_dir).free  # the run directory sits beside the bundle
+        if free < needed:
+            raise LstmgenError(
+                f"not enough disk space in {self.run_dir.parent}: the bundle and checkpoint need about {needed / 1e6:.0f} MB, "
+                f"{free / 1e6:.0f} MB are free; free some space or choose another -o"
+            )
 
     def _loop(self, guard: _SignalGuard) -> TrainResult:
         config = self.config
@@ -333,19 +371,27 @@ class Trainer:
         self.group.barrier()
         return result
 
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     def _train_step(self, epoch: int, window: int, lr: float) -> float:
         self.model.train()
         inputs, targets = self.batcher.batch(epoch, window)
-        x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
-        y = torch.from_numpy(targets).to(self.device, non_blocking=True)
+        x, y = self._to_device(inputs), self._to_device(targets)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits, state = self.forward(x, self.state)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            logits, state = self.forward(x, self.state)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.state = detach_state(state)
         value = loss.detach()
         if self.group.enabled:

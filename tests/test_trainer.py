@@ -131,3 +131,15 @@ def test_fine_tuning_starts_from_the_base_weights(corpus, tmp_path: Path) -> Non
     tuned_tensors = load_bundle(tuned).tensors
     for name, tensor in bundle.tensors.items():
         assert torch.allclose(tensor, tuned_tensors[name], atol=1e-6), name
+
+
+def test_not_enough_disk_space_is_reported_before_training(corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    model_config, train_config = _configs(corpus)
+    with pytest.raises(LstmgenError, match="not enough disk space"):
+        Trainer(corpus, model_config, train_config, tmp_path / "m.lstmgen").run()
+    assert not (tmp_path / "m.lstmgen").exists()
