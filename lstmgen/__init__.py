@@ -12,11 +12,14 @@ if TYPE_CHECKING:
     from .errors import LstmgenError
 
 
-def load(path: Any, device: str = "cpu") -> LanguageModel:
-    """Load a `.lstmgen` bundle (or a directory holding its three files) for generation and evaluation."""
+def load(path: Any, device: str = "cpu", quantize: str | None = None) -> LanguageModel:
+    """Load a `.lstmgen` bundle (or a directory holding its three files) for generation and evaluation.
+
+    `quantize="int8"` runs the model with int8 weights on the CPU (faster; see `lstmgen eval --quantize`).
+    """
     from .api import LanguageModel
 
-    return LanguageModel.load(path, device=device)
+    return LanguageModel.load(path, device=device, quantize=quantize)
 
 
 def __getattr__(name: str) -> Any:

@@ -13,10 +13,16 @@ import datetime as _dt
 import io
 import json
 import math
+import os
 import platform
 import stat
+import struct
 import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from lzma import LZMAError
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,14 @@ TOKENIZER_NAME = "tokenizer.model"
 #: The most bytes each member may expand to; bounds memory on hostile files.
 MEMBER_LIMITS = {META_NAME: 4 << 20, TOKENIZER_NAME: 64 << 20, WEIGHTS_NAME: 16 << 30}
 MAX_COMPRESSION_RATIO = 200
+#: The most bytes of zip central directory read before refusing an archive (an lstmgen file needs < 1 KiB).
+MAX_CENTRAL_DIRECTORY = 1 << 20
+#: Room for the safetensors header on top of the tensor data a config implies.
+WEIGHTS_HEADER_ALLOWANCE = 1 << 20
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+WEIGHTS_DTYPES = tuple(str(d).removeprefix("torch.") for d in ALLOWED_DTYPES)
+#: size_check(member name, declared size, members read so far): raise LstmgenError to refuse it.
+SizeCheck = Callable[[str, int, dict[str, bytes]], None]
 
 
 @dataclass
@@ -69,12 +82,12 @@ def export_tensors(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (config.vocab_size, config.embedding_size)}
     hidden = config.hidden_size
-    for layer in range(config.num_layers):
-        inputs = config.embedding_size if layer == 0 else hidden
-        shapes[f"rnn.weight_ih_l{layer}"] = (4 * hidden, inputs)
-        shapes[f"rnn.weight_hh_l{layer}"] = (4 * hidden, hidden)
-        shapes[f"rnn.bias_ih_l{layer}"] = (4 * hidden,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (4 * hidden,)
+    # The recurrent tensors depend on the cell (docs/bundle-format.md §3): lstm and gru use
+    # PyTorch's names and gate blocks (4H and 3H rows); paper has weight_ih/weight_hh/weight_ho/bias.
+    from .cells import rnn_shapes
+
+    for name, shape in rnn_shapes(config.cell, config.embedding_size, hidden, config.num_layers).items():
+        shapes[f"rnn.{name}"] = shape
     if config.head_input_size != hidden:
         shapes["projection.weight"] = (config.head_input_size, hidden)
     if not config.tie_weights:
@@ -137,11 +150,15 @@ def _versions() -> dict[str, str]:
 # -- loading ------------------------------------------------------------------------------------
 
 
-def read_members(path: Path, limits: dict[str, int], what: str = "bundle") -> dict[str, bytes]:
+def read_members(
+    path: Path, limits: dict[str, int], what: str = "bundle", size_check: SizeCheck | None = None
+) -> dict[str, bytes]:
     """Read exactly the named members of a zip file or directory, within size limits.
 
     Nothing is extracted to disk and nothing outside the names in `limits` is read, so member
-    names such as `../x` or `/etc/x` can do no harm: they are simply refused.
+    names such as `../x` or `/etc/x` can do no harm: they are simply refused. Members are read in
+    the order of `limits`; `size_check(name, size, members read so far)` may refuse a member from
+    its declared size before a byte of it is decompressed (see load_bundle).
     """
     path = Path(path)
     try:
@@ -151,7 +168,9 @@ def read_members(path: Path, limits: dict[str, int], what: str = "bundle") -> di
     except OSError as error:
         raise LstmgenError(f"cannot read {what} {path}: {error.strerror or error}") from None
     if stat.S_ISDIR(info.st_mode):
-        return _read_directory(path, limits, what)
+        return _read_directory(path, limits, what, size_check)
+    if not stat.S_ISREG(info.st_mode):
+        raise LstmgenError(f"{what} {path} is not a regular file (a pipe or device?); save it to a file and pass that")
     if info.st_size == 0:
         raise LstmgenError(f"{what} {path} is empty; it was not written completely — train or download it again")
     try:
@@ -162,7 +181,7 @@ def read_members(path: Path, limits: dict[str, int], what: str = "bundle") -> di
                 hint = " (it looks like a text file; pass it as a corpus instead)" if _looks_like_text(handle.read(4096)) else ""
                 raise LstmgenError(f"{path} is not an lstmgen {what}{hint}; pass a .lstmgen file made by `lstmgen train`")
             handle.seek(0)
-            return _read_zip(path, io.BytesIO(handle.read()) if info.st_size < (64 << 20) else handle, limits, what)
+            return _read_zip(path, io.BytesIO(handle.read()) if info.st_size < (64 << 20) else handle, limits, what, size_check)
     except OSError as error:
         raise LstmgenError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
@@ -175,60 +194,105 @@ def _looks_like_text(head: bytes) -> bool:
     return b"\x00" not in head
 
 
-def _read_zip(path: Path, handle: Any, limits: dict[str, int], what: str) -> dict[str, bytes]:
+def _read_zip(path: Path, handle: Any, limits: dict[str, int], what: str, size_check: SizeCheck | None = None) -> dict[str, bytes]:
+    _check_zip_directory(path, handle, len(limits), what)
     try:
         archive = zipfile.ZipFile(handle)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, NotImplementedError):
         raise LstmgenError(f"{what} {path} is truncated or damaged (not a readable zip archive); write it again") from None
     with archive:
         infos = archive.infolist()
-        names = [i.filename for i in infos]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(i.filename for i in infos)
+        duplicates = sorted(n for n, c in counts.items() if c > 1)
         if duplicates:
             raise LstmgenError(f"{what} {path} is malformed: member {duplicates[0]!r} appears more than once")
-        unexpected = sorted(set(names) - set(limits))
+        unexpected = sorted(set(counts) - set(limits))
         if unexpected:
             raise LstmgenError(f"{what} {path} has unexpected member {unexpected[0]!r}; it is not an lstmgen {what} (expected only {', '.join(sorted(limits))})")
-        missing = sorted(set(limits) - set(names))
+        missing = sorted(set(limits) - set(counts))
         if missing:
             raise LstmgenError(f"{what} {path} is missing member {missing[0]!r}; it is incomplete or not an lstmgen {what}")
-        members = {}
-        for zinfo in infos:
-            limit = limits[zinfo.filename]
-            if zinfo.file_size > limit or (zinfo.compress_size and zinfo.file_size > MAX_COMPRESSION_RATIO * max(zinfo.compress_size, 1 << 16)):
-                raise LstmgenError(f"{what} {path}: member {zinfo.filename!r} is too large ({zinfo.file_size} bytes); refusing it")
+        by_name = {i.filename: i for i in infos}
+        members: dict[str, bytes] = {}
+        for name, limit in limits.items():
+            zinfo = by_name[name]
+            # A zip bomb declares a size its compressed data cannot honestly reach (or more than the
+            # member may hold); zipfile never returns more than the declared size, so checking the
+            # declaration bounds what is decompressed into memory.
+            if zinfo.file_size > limit or zinfo.file_size > MAX_COMPRESSION_RATIO * max(zinfo.compress_size, 1 << 16):
+                raise LstmgenError(f"{what} {path}: member {name!r} is too large ({zinfo.file_size} bytes); refusing it")
+            if size_check is not None:
+                size_check(name, zinfo.file_size, members)
             try:
                 with archive.open(zinfo) as member:
                     data = member.read(limit + 1)
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as error:
-                raise LstmgenError(f"{what} {path} is damaged ({type(error).__name__} in {zinfo.filename!r}); write it again") from None
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError, zlib.error, LZMAError) as error:
+                raise LstmgenError(f"{what} {path} is damaged ({type(error).__name__} in {name!r}); write it again") from None
             if len(data) > limit or len(data) != zinfo.file_size:
-                raise LstmgenError(f"{what} {path}: member {zinfo.filename!r} does not match its declared size; refusing it")
-            members[zinfo.filename] = data
+                raise LstmgenError(f"{what} {path}: member {name!r} does not match its declared size; refusing it")
+            members[name] = data
         return members
 
 
-def _read_directory(path: Path, limits: dict[str, int], what: str) -> dict[str, bytes]:
-    members = {}
+def _check_zip_directory(path: Path, handle: Any, expected_entries: int, what: str) -> None:
+    """Refuse a central directory with far more entries than lstmgen needs before zipfile parses it
+    (millions of entries would take a long time and a lot of memory just to list)."""
+    try:
+        end = zipfile._EndRecData(handle)  # type: ignore[attr-defined]
+        handle.seek(0)
+    except (AttributeError, OSError, ValueError, struct.error):
+        return
+    if not end:
+        return
+    entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if entries > 4 * expected_entries + 16 or size > MAX_CENTRAL_DIRECTORY:
+        raise LstmgenError(
+            f"{what} {path} lists {entries} members ({size} bytes of zip directory); an lstmgen {what} has {expected_entries}, refusing it"
+        )
+
+
+def _read_directory(path: Path, limits: dict[str, int], what: str, size_check: SizeCheck | None = None) -> dict[str, bytes]:
+    members: dict[str, bytes] = {}
     for name, limit in limits.items():
         member = path / name
         try:
-            size = member.stat().st_size
-            if size > limit:
-                raise LstmgenError(f"{what} {path}: {name} is too large ({size} bytes); refusing it")
-            members[name] = member.read_bytes()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below instead.
+            fd = os.open(member, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise LstmgenError(f"directory {path} is not an lstmgen {what}: it has no {name}") from None
         except IsADirectoryError:
             raise LstmgenError(f"directory {path} is not an lstmgen {what}: {name} is a directory") from None
         except OSError as error:
-            raise LstmgenError(f"cannot read {path / name}: {error.strerror or error}") from None
+            raise LstmgenError(f"cannot read {member}: {error.strerror or error}") from None
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise LstmgenError(f"directory {path} is not an lstmgen {what}: {name} is a directory")
+            if not stat.S_ISREG(info.st_mode):
+                raise LstmgenError(f"directory {path} is not an lstmgen {what}: {name} is not a regular file (a pipe or device?)")
+            if info.st_size > limit:
+                raise LstmgenError(f"{what} {path}: {name} is too large ({info.st_size} bytes); refusing it")
+            if size_check is not None:
+                size_check(name, info.st_size, members)
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                # read(n) allocates n bytes up front: ask for the size fstat gave, plus one to see growth.
+                data = handle.read(info.st_size + 1)
+        except OSError as error:
+            raise LstmgenError(f"cannot read {member}: {error.strerror or error}") from None
+        finally:
+            os.close(fd)
+        if len(data) != info.st_size:
+            raise LstmgenError(f"{what} {path}: {name} changed while it was being read; refusing it")
+        members[name] = data
     return members
 
 
 def parse_json_member(data: bytes, name: str, path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        meta = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NonFiniteNumber as error:
+        raise LstmgenError(f"{path}: {name} holds the number {error.args[0][:40]}, which is out of range; the file is damaged or not made by lstmgen") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise LstmgenError(f"{path}: {name} is not valid JSON; the file is damaged or not made by lstmgen") from None
     if not isinstance(meta, dict):
@@ -238,6 +302,18 @@ def parse_json_member(data: bytes, name: str, path: Path) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(name)
+
+
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    """JSON numbers such as 1e999 parse to infinity in Python; lstmgen never writes them."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteNumber(text)
+    return value
 
 
 def parse_safetensors(data: bytes, path: Path, name: str = WEIGHTS_NAME) -> dict[str, torch.Tensor]:
@@ -259,8 +335,35 @@ def parse_safetensors(data: bytes, path: Path, name: str = WEIGHTS_NAME) -> dict
 def load_bundle(path: Path) -> Bundle:
     """Load and validate a bundle; every problem becomes one LstmgenError naming it."""
     path = Path(path)
-    members = read_members(path, MEMBER_LIMITS)
-    meta = parse_json_member(members[META_NAME], META_NAME, path)
+    parsed: list[tuple[dict[str, Any], ModelConfig]] = []
+
+    def check_weights_size(name: str, size: int, members: dict[str, bytes]) -> None:
+        # Refuse weights far larger than the config can need before decompressing any of them.
+        if name != WEIGHTS_NAME:
+            return
+        parsed.append(_parse_meta(members[META_NAME], path))
+        most = WEIGHTS_HEADER_ALLOWANCE + 4 * sum(math.prod(shape) for shape in expected_shapes(parsed[0][1]).values())
+        if size > most:
+            raise LstmgenError(f"{path}: {WEIGHTS_NAME} is {size} bytes, more than the {most} a model of its config can need; refusing it")
+
+    members = read_members(path, MEMBER_LIMITS, size_check=check_weights_size)
+    meta, config = parsed[0] if parsed else _parse_meta(members[META_NAME], path)
+    try:
+        tokenizer = Tokenizer(members[TOKENIZER_NAME])
+    except (ValueError, IndexError, KeyError, OverflowError, RuntimeError, UnicodeError):
+        raise LstmgenError(f"{path}: {TOKENIZER_NAME} is not a valid lstmgen tokenizer; the bundle is damaged") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise LstmgenError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} pieces but the model expects {config.vocab_size}; the bundle mixes files from different runs"
+        )
+    tensors = parse_safetensors(members[WEIGHTS_NAME], path)
+    validate_tensors(tensors, expected_shapes(config), path)
+    return Bundle(meta=meta, model_config=config, tokenizer=tokenizer, tensors=tensors)
+
+
+def _parse_meta(data: bytes, path: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """lstmgen.json, checked: format, version, model config, and the types of the informational keys."""
+    meta = parse_json_member(data, META_NAME, path)
     if meta.get("format") != BUNDLE_FORMAT:
         raise LstmgenError(f"{path} is not an lstmgen bundle ({META_NAME} has no format {BUNDLE_FORMAT!r})")
     version = meta.get("format_version")
@@ -274,14 +377,38 @@ def load_bundle(path: Path) -> Bundle:
         raise LstmgenError(f"{path}: bundle format version {version} is not valid")
     config = from_dict(ModelConfig, meta.get("model"), what=f"{path}: model config")
     config.validate()
-    tokenizer = Tokenizer(members[TOKENIZER_NAME])
-    if tokenizer.vocab_size != config.vocab_size:
-        raise LstmgenError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} pieces but the model expects {config.vocab_size}; the bundle mixes files from different runs"
-        )
-    tensors = parse_safetensors(members[WEIGHTS_NAME], path)
-    validate_tensors(tensors, expected_shapes(config), path)
-    return Bundle(meta=meta, model_config=config, tokenizer=tokenizer, tensors=tensors)
+    _check_informational(meta, path)
+    return meta, config
+
+
+def _check_informational(meta: dict[str, Any], path: Path) -> None:
+    """The informational keys need not be present, but when they are they must have their documented
+    types (docs/bundle-format.md §2), so that `lstmgen info` can show any bundle that loads."""
+
+    def damaged(what: str) -> LstmgenError:
+        return LstmgenError(f"{path}: {META_NAME} {what}; the bundle is damaged or not made by lstmgen")
+
+    for key in ("tokenizer", "weights", "training", "versions"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise damaged(f"has {key} that is not a JSON object")
+    settings = meta.get("tokenizer", {}).get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise damaged("has tokenizer.settings that is not a JSON object")
+    dtype = meta.get("weights", {}).get("dtype", "float32")
+    if dtype not in WEIGHTS_DTYPES:
+        raise damaged(f"names weights dtype {dtype!r} (expected one of {', '.join(WEIGHTS_DTYPES)})")
+    training = meta.get("training", {})
+    for key in ("steps", "tokens_seen", "best_val_step"):
+        value = training.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise damaged(f"has training.{key} {value!r:.40}, not a whole number")
+    for key in ("elapsed_seconds", "best_val_loss", "best_val_bits_per_char"):
+        value = training.get(key)
+        if value is not None and not is_finite_number(value):
+            raise damaged(f"has training.{key} {value!r:.40}, not a number")
+    versions = meta.get("versions", {})
+    if not all(isinstance(v, str) for v in versions.values()):
+        raise damaged("has versions that are not strings")
 
 
 def validate_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], path: Path) -> None:

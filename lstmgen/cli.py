@@ -53,6 +53,7 @@ Examples:\n
   lstmgen eval -m shakespeare.lstmgen held-out.txt\n
   lstmgen eval -m shakespeare.lstmgen held-out.txt --json | jq .bits_per_char
 """
+DOCUMENTS_HELP = "Where documents end (an end-of-text token follows each): file (each corpus file is one document) or blank-line (a run of blank lines also ends one, e.g. one poem per paragraph)."
 EXAMPLES_INFO = """
 Example:\n
   lstmgen info shakespeare.lstmgen --json
@@ -142,6 +143,7 @@ def tokenize(
     model_type: str = typer.Option("unigram", help="unigram, bpe or char."),
     character_coverage: Optional[float] = typer.Option(None, help="Share of characters kept as pieces (default: 1.0, or 0.9995 for scripts with >1000 characters)."),
     val_fraction: float = typer.Option(0.1, help="Share of the corpus tail held out for validation."),
+    documents: str = typer.Option("file", help=DOCUMENTS_HELP),
     errors: str = typer.Option("strict", help="Invalid UTF-8: strict (refuse) or replace (with U+FFFD)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -150,7 +152,7 @@ def tokenize(
     from .data import tokenize_corpus
 
     _check_float("--val-fraction", val_fraction, low=0.0, high=0.5, low_open=True)
-    config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage)
+    config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, documents=documents)
     config.validate()
     directory = output or Path(corpus[0].stem + ".tok")
     if directory.exists() and not directory.is_dir():
@@ -158,14 +160,25 @@ def tokenize(
     from .fsutil import check_writable_directory
 
     check_writable_directory(directory / "tokens.json" if directory.exists() else directory, "tokenized corpus")
+    import time
+
+    from .data import check_corpus_file, sample_lines
+    from .tokenizer import train_tokenizer
+
+    for path in corpus:
+        check_corpus_file(path)
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(sample_lines(corpus, config.max_training_bytes, errors), config)
+    trained = time.perf_counter()
     progress, update = _progress_bar("encoding")
     if progress:
         progress.start()
     try:
-        result = tokenize_corpus(corpus, config, directory, val_fraction, errors=errors, on_progress=update)
+        result = tokenize_corpus(corpus, config, directory, val_fraction, errors=errors, on_progress=update, tokenizer=tokenizer)
     finally:
         if progress:
             progress.stop()
+    encoded = time.perf_counter()
     meta = result.meta
     summary = {
         "directory": str(directory),
@@ -177,6 +190,8 @@ def tokenize(
         "train_tokens": meta["split"]["index"],
         "val_tokens": meta["num_tokens"] - meta["split"]["index"],
         "corpus_sha256": meta["corpus_sha256"],
+        "seconds": {"tokenizer_training": round(trained - started, 3), "encoding": round(encoded - trained, 3)},
+        "encode_mb_per_second": round(meta["total_bytes"] / 1e6 / max(encoded - trained, 1e-9), 2),
     }
     if as_json:
         _write_stdout(json.dumps(summary) + "\n")
@@ -252,11 +267,13 @@ def train(
     tokenizer_dir: Optional[Path] = typer.Option(None, "--tokenizer", help="A directory made by `lstmgen tokenize` (default: train one)."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary size (default: chosen from the corpus)."),
     model_type: Optional[str] = typer.Option(None, help="Tokenizer type: unigram (default), bpe or char."),
+    documents: Optional[str] = typer.Option(None, help=DOCUMENTS_HELP + " With --tokenizer or --init-from: theirs unless given."),
     hidden_size: Optional[int] = typer.Option(None, help="LSTM units per layer (default: from corpus size and device)."),
     embedding_size: Optional[int] = typer.Option(None, help="Embedding size (default: the hidden size)."),
     layers: Optional[int] = typer.Option(None, help="Number of LSTM layers."),
     dropout: Optional[float] = typer.Option(None, help="Dropout rate."),
     tie_weights: bool = typer.Option(True, "--tie-weights/--no-tie-weights", help="Share the embedding and output weights."),
+    cell: Optional[str] = typer.Option(None, "--cell", help="Recurrent cell: lstm (default, torch.nn.LSTM), gru, or paper (the design document's LSTM; see docs/cells.md)."),
     batch_size: Optional[int] = typer.Option(None, help="Parallel streams per step."),
     seq_len: Optional[int] = typer.Option(None, help="Tokens per window of truncated backprop."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
@@ -333,7 +350,8 @@ def train(
 
     tokenizer_config = TokenizerConfig()
     apply_settings(tokenizer_config, file_settings.get("tokenizer", {}), "tokenizer")
-    for name, value in {"vocab_size": vocab_size, "model_type": model_type}.items():
+    documents = documents if documents is not None else file_settings.get("tokenizer", {}).get("documents")
+    for name, value in {"vocab_size": vocab_size, "model_type": model_type, "documents": documents}.items():
         if value is not None:
             setattr(tokenizer_config, name, value)
     tokenizer_config.validate()
@@ -342,7 +360,8 @@ def train(
         created = not run_dir.exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume)
+            corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
+                                              documents=documents)
         except BaseException:
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -350,7 +369,8 @@ def train(
         group.barrier()
     else:
         group.barrier()  # rank 0 has written the encoding; the other ranks find it ready
-        corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume)
+        corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
+                                              documents=documents)
 
     if saved:
         model_config = saved[0]
@@ -363,7 +383,7 @@ def train(
         if "hidden_size" in file_model and "embedding_size" not in file_model:
             file_model["embedding_size"] = file_model["hidden_size"]
         apply_settings(model_config, file_model, "model")
-    model_overrides = {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout}
+    model_overrides = {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout, "cell": cell}
     for name, value in model_overrides.items():
         if value is not None:
             setattr(model_config, name, value)
@@ -438,22 +458,28 @@ def _dry_run_report(model_config: Any, train_config: Any, corpus_data: Any, devi
 
 def _prepare_corpus(
     corpus: list[Path], tokens_dir: Path, tokenizer_config: Any, tokenizer_dir: Optional[Path], init_bundle: Any,
-    val_fraction: float, errors: str, resume: bool,
+    val_fraction: float, errors: str, resume: bool, documents: Optional[str] = None,
 ) -> Any:
-    """The tokenized corpus for a run: reuse an up-to-date encoding, else tokenize (with the given tokenizer)."""
+    """The tokenized corpus for a run: reuse an up-to-date encoding, else tokenize (with the given tokenizer).
+
+    `documents` (when given) overrides the document convention of --tokenizer or --init-from.
+    """
     from .data import TokenizedCorpus, reusable_encoding
     from .tokenizer import Tokenizer
 
     if init_bundle is not None:
         tokenizer: Any = init_bundle.tokenizer
         settings = _tokenizer_config_from(init_bundle.meta.get("tokenizer", {}).get("settings") or {})
+        settings.documents = documents or settings.documents
     elif tokenizer_dir is not None:
         given = TokenizedCorpus.open(tokenizer_dir)
         same_files = [f.get("sha256") for f in given.meta.get("files", [])] == [_file_sha(p) for p in corpus]
-        if same_files and given.meta["split"].get("val_fraction") == val_fraction:
+        same_documents = documents is None or given.meta.get("tokenizer", {}).get("documents", "file") == documents
+        if same_files and same_documents and given.meta["split"].get("val_fraction") == val_fraction:
             return given
         tokenizer = Tokenizer.load(given.tokenizer_path)
         settings = _tokenizer_config_from(given.meta.get("tokenizer", {}))
+        settings.documents = documents or settings.documents
     elif resume and tokens_dir.exists():
         # Resuming keeps the run's own tokenizer, whatever the tokenizer options say now.
         existing = TokenizedCorpus.open(tokens_dir)
@@ -530,6 +556,7 @@ def sample(
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Bundle to sample from (default: $LSTMGEN_MODEL)."),
     prompt: Optional[str] = typer.Option(None, help="Text to continue; - reads it from stdin."),
     prompt_file: Optional[Path] = typer.Option(None, help="Read the prompt from this file."),
+    interactive: bool = typer.Option(False, "-i", "--interactive", help="Read prompts line by line and continue each; :q or Ctrl-D quits, Ctrl-C stops one generation."),
     temp: float = typer.Option(1.0, "--temp", "--temperature", help="Sampling temperature; 0 = greedy."),
     top_k: int = typer.Option(0, help="Keep only the k most likely tokens (0 = off)."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling: keep the smallest set with this much probability (1 = off)."),
@@ -544,55 +571,184 @@ def sample(
     seed: Optional[int] = typer.Option(None, help="Random seed; the same seed gives the same text."),
     output_format: str = typer.Option("text", "--format", help="text or jsonl (one JSON object per sample)."),
     echo_prompt: bool = typer.Option(True, "--echo-prompt/--no-echo-prompt", help="Print the prompt before its continuation (text format)."),
+    quantize: str = typer.Option("none", help="none or int8 (int8 weights and activations on the CPU: faster, slightly less exact)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
 ) -> None:
     """Generate text from a trained model; text streams to stdout as it is generated."""
-    from .sampling import Sample, SamplingOptions
+    from .quantization import QUANTIZE_CHOICES
+    from .sampling import SamplingOptions, check_num_samples
 
     if output_format not in ("text", "jsonl"):
         raise LstmgenError(f"--format must be text or jsonl, not {output_format!r}")
-    if num_samples < 1:
-        raise LstmgenError(f"--num-samples must be a whole number ≥ 1, not {num_samples}")
+    check_num_samples(num_samples)
     options = SamplingOptions(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                               repetition_window=repetition_window, max_tokens=max_tokens, max_chars=max_chars, stop=tuple(stop), seed=seed)
     options.validate()
-    text_prompt = _read_prompt(prompt, prompt_file)
+    if quantize not in ("none", *QUANTIZE_CHOICES):
+        raise LstmgenError(f"--quantize must be none or {' or '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
+    _check_device_and_threads(device, threads, quantize)
+    if interactive and (prompt is not None or prompt_file is not None):
+        raise LstmgenError("--interactive reads its prompts from the terminal; drop --prompt/--prompt-file")
+    text_prompt = "" if interactive else _read_prompt(prompt, prompt_file)
     from .api import LanguageModel
 
-    lm = LanguageModel.load(_resolve_model(model), device=device)
-    buffered: dict[int, list[str]] = {}
-    next_to_print = 0
-    finished: dict[int, Sample] = {}
+    lm = LanguageModel.load(_resolve_model(model), device=device, quantize=quantize)
+    printer = _SamplePrinter(num_samples, separator, output_format, echo_prompt)
+    if interactive:
+        _interactive(lm, options, printer)
+    else:
+        printer.run(lm._sampler.stream(text_prompt, options, num_samples=num_samples), text_prompt)
 
-    def flush_finished() -> None:
-        nonlocal next_to_print
-        while next_to_print in finished:
-            index = next_to_print
-            if output_format == "jsonl":
-                item = finished[index]
-                record = {"index": index, "prompt": text_prompt, "text": item.text, "tokens_generated": len(item.tokens),
+
+def _check_device_and_threads(device: str, threads: Optional[int], quantize: str = "none") -> None:
+    """Validate --device and --threads before any model is loaded, then apply --threads."""
+    if device not in ("cpu", "cuda", "mps", "auto"):
+        raise LstmgenError(f"--device must be one of cpu, cuda, mps, auto, not {device!r}")
+    if quantize != "none" and device != "cpu":
+        raise LstmgenError(f"--quantize {quantize} runs on the CPU; drop --device or use --device cpu")
+    if threads is not None:
+        if not 1 <= threads <= 4096:
+            raise LstmgenError(f"--threads must be a whole number from 1 to 4096, not {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class _SamplePrinter:
+    """Prints the samples of one prompt in order while they stream (text or jsonl)."""
+
+    def __init__(self, num_samples: int, separator: str, output_format: str, echo_prompt: bool) -> None:
+        self.num_samples = num_samples
+        self.separator = separator
+        self.jsonl = output_format == "jsonl"
+        self.echo_prompt = echo_prompt
+        self.line_open = False  # text has been printed that does not end with a newline
+
+    def _write(self, text: str) -> None:
+        if text:
+            _write_stdout(text)
+            self.line_open = not text.endswith("\n")
+
+    def run(self, stream: Any, prompt: str, stop: Any = None) -> None:
+        """Sample 0 streams as it is generated; later ones stream once the earlier ones are printed.
+
+        `stop.requested` (when given) is checked after every piece: generation ends when it is set."""
+        from .sampling import Sample
+
+        buffered: dict[int, list[str]] = {}
+        finished: dict[int, Sample] = {}
+        current = 0
+        self.line_open = False
+
+        def open_sample(index: int) -> None:
+            if self.jsonl:
+                return
+            if index > 0:
+                self._write(self.separator)
+            self._write((prompt if self.echo_prompt else "") + "".join(buffered.pop(index, [])))
+
+        def close_sample(index: int) -> None:
+            item = finished.pop(index)
+            if self.jsonl:
+                record = {"index": index, "prompt": prompt, "text": item.text, "tokens_generated": len(item.tokens),
                           "log_prob": item.log_prob, "finish_reason": item.finish_reason}
-                _write_stdout(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                if index > 0:
-                    _write_stdout(separator)
-                    if echo_prompt:
-                        _write_stdout(text_prompt)
-                    _write_stdout("".join(buffered.pop(index, [])))
-                _write_stdout("\n" if not (text_prompt + finished[index].text).endswith("\n") else "")
-            next_to_print += 1
+                self._write(json.dumps(record, ensure_ascii=False) + "\n")
+            elif not ((prompt if self.echo_prompt else "") + item.text).endswith("\n"):
+                self._write("\n")
 
-    if output_format == "text" and echo_prompt:
-        _write_stdout(text_prompt)
-    for index, item in lm._sampler.stream(text_prompt, options, num_samples=num_samples):
-        if isinstance(item, str):
-            if output_format == "text" and index == next_to_print == 0:
-                _write_stdout(item)
-            else:
-                buffered.setdefault(index, []).append(item)
-        else:
+        open_sample(0)
+        for index, item in stream:
+            if stop is not None and stop.requested:
+                return
+            if isinstance(item, str):
+                if index == current and not self.jsonl:
+                    self._write(item)
+                else:
+                    buffered.setdefault(index, []).append(item)
+                continue
             finished[index] = item
-            flush_finished()
+            while current in finished:
+                close_sample(current)
+                current += 1
+                if current < self.num_samples:
+                    open_sample(current)
+
+    def end_line(self) -> None:
+        """After an interrupted generation: finish the partial line so the next output starts clean."""
+        if self.line_open:
+            self._write("\n")
+
+
+class _StopRequest:
+    """A SIGINT handler for the REPL: the first signal asks the generation to stop, the second forces it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+REPL_HELP = "type a prompt and press Enter to continue it; :q or Ctrl-D quits, Ctrl-C stops a generation"
+
+
+def _interactive(lm: Any, options: Any, printer: _SamplePrinter) -> None:
+    """A small REPL: each line is a prompt, continued with the command line's options."""
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    if terminal:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:  # pragma: no cover - platforms without readline
+            pass
+    show_prompt = sys.stderr.isatty()
+    if show_prompt:
+        print(f"lstmgen: {REPL_HELP}", file=sys.stderr)
+    while True:
+        try:
+            if terminal:
+                line = input("> ")
+            else:
+                if show_prompt:
+                    sys.stderr.write("> ")
+                    sys.stderr.flush()
+                raw = sys.stdin.readline()
+                if not raw:
+                    raise EOFError
+                line = raw[:-1] if raw.endswith("\n") else raw
+                line = line[:-1] if line.endswith("\r") else line
+        except EOFError:
+            if show_prompt:
+                sys.stderr.write("\n")
+            return
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            continue
+        command = line.strip()
+        if command in (":q", ":quit", ":exit"):
+            return
+        if command in (":h", ":help", ":?"):
+            print(REPL_HELP, file=sys.stderr)
+            continue
+        # Ctrl-C during a generation sets a flag checked after every piece of text (an exception
+        # could land anywhere, even in a finaliser that swallows it); a second Ctrl-C raises.
+        stop = _StopRequest()
+        previous = signal.signal(signal.SIGINT, stop)
+        stream = None
+        try:
+            stream = lm._sampler.stream(line, options, num_samples=printer.num_samples)
+            printer.run(stream, line, stop=stop)
+        except KeyboardInterrupt:
+            stop.requested = True
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if stream is not None:
+                stream.close()
+        if stop.requested:
+            printer.end_line()
+            print("(stopped)", file=sys.stderr)
 
 
 # -- eval -------------------------------------------------------------------------------------------
@@ -605,21 +761,37 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     streams: Optional[int] = typer.Option(None, help="Evaluate each file as N parallel streams (default: 1 per 200k tokens, exact for small files)."),
     errors: str = typer.Option("strict", help="Invalid UTF-8: strict or replace."),
+    quantize: str = typer.Option("none", help="none or int8: evaluate the int8 model `sample --quantize int8` runs."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also report gzip -9, bz2 -9, xz -9e and a unigram model of the training tokens on the same text."),
+    per_token: bool = typer.Option(False, "--per-token", help="Write one JSON line per token on stdout: id, text, surprisal in bits, top alternatives (the table goes to stderr)."),
+    top_k_alternatives: int = typer.Option(5, "--top-k-alternatives", help="Alternatives listed per token by --per-token, --heatmap and --html."),
+    heatmap: bool = typer.Option(False, "--heatmap", help="Print the text with each token coloured by its surprisal (marked with ‹ › « » without colour)."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Write the surprisal heatmap as a self-contained HTML page (hover for details)."),
 ) -> None:
-    """Report perplexity, bits per byte and bits per character of a model on text files."""
+    """Report perplexity, bits per byte and bits per character of a model on text files, next to compressors and a unigram model."""
+    from .quantization import QUANTIZE_CHOICES
+
     if streams is not None and not 1 <= streams <= 4096:
         raise LstmgenError(f"--streams must be a whole number from 1 to 4096, not {streams}")
+    if quantize not in ("none", *QUANTIZE_CHOICES):
+        raise LstmgenError(f"--quantize must be none or {' or '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
+    _check_device_and_threads(device, threads, quantize)
+    detail = _check_eval_detail(files, as_json, streams, per_token, top_k_alternatives, heatmap, html_path)
     from .data import check_corpus_file
 
     for path in files:
         check_corpus_file(path)
     from .api import LanguageModel
 
-    lm = LanguageModel.load(_resolve_model(model), device=device)
-    results = [lm.evaluate_file(path, streams=streams, errors=errors) for path in files]
+    lm = LanguageModel.load(_resolve_model(model), device=device, quantize=quantize)
+    results = [_evaluate_in_context(lm, path, streams, errors, baselines, detail) for path in files]
+    if quantize != "none":
+        for result in results:
+            result["quantize"] = quantize
     if as_json:
-        payload: Any = results[0] if len(results) == 1 else {"files": results, "total": _combine(results)}
+        payload: Any = results[0] if len(results) == 1 else {"files": results, "total": _combine(results, baselines)}
         _write_stdout(json.dumps(payload, allow_nan=False, default=str) + "\n" if _finite(payload) else json.dumps(payload) + "\n")
         return
     from rich.console import Console
@@ -628,23 +800,187 @@ def evaluate(
     table = Table(title=None)
     for column in ("file", "tokens", "nats/token", "perplexity", "bits/byte", "bits/char"):
         table.add_column(column, justify="left" if column == "file" else "right")
-    rows = results + ([{**_combine(results), "file": "all"}] if len(results) > 1 else [])
+    rows = results + ([{**_combine(results, baselines), "file": "all"}] if len(results) > 1 else [])
     for r in rows:
         table.add_row(str(r["file"]), f"{r['tokens']:,}", f"{r['nll']:.4f}", f"{r['perplexity']:.2f}", f"{r['bits_per_byte']:.4f}", f"{r['bits_per_char']:.4f}")
-    console = Console(no_color=bool(os.environ.get("NO_COLOR"))) if sys.stdout.isatty() else _stderr_console()
+    console = Console(no_color=bool(os.environ.get("NO_COLOR"))) if sys.stdout.isatty() and not per_token else _stderr_console()
     console.print(table)
+    _print_baselines(rows, console)
 
 
-def _combine(results: list[dict[str, Any]]) -> dict[str, Any]:
-    from .evaluation import summarize
+def _combine(results: list[dict[str, Any]], baselines: bool = False) -> dict[str, Any]:
+    from .evaluation import combine_baselines, summarize
 
     nll = sum(r["nll"] * r["tokens"] for r in results)
-    return summarize(nll, sum(r["tokens"] for r in results), sum(r["bytes"] for r in results), sum(r["chars"] for r in results))
+    total = summarize(nll, sum(r["tokens"] for r in results), sum(r["bytes"] for r in results), sum(r["chars"] for r in results))
+    if baselines:
+        total["baselines"] = combine_baselines(results)
+    return total
 
 
 def _finite(payload: Any) -> bool:
     text = json.dumps(payload)
     return "NaN" not in text and "Infinity" not in text
+
+
+# -- eval in context: baselines, per-token surprisal, heatmaps -------------------------------------------
+
+MAX_TOP_K_ALTERNATIVES = 100
+
+
+def _check_eval_detail(files: list[Path], as_json: bool, streams: Optional[int], per_token: bool, top_k: int, heatmap: bool,
+                       html_path: Optional[Path]) -> Optional[dict[str, Any]]:
+    """Validate eval's per-token options before any work; None when only the summary is wanted."""
+    if not 0 <= top_k <= MAX_TOP_K_ALTERNATIVES:
+        raise LstmgenError(f"--top-k-alternatives must be a whole number from 0 to {MAX_TOP_K_ALTERNATIVES}, not {top_k}")
+    if not (per_token or heatmap or html_path is not None):
+        return None
+    if per_token and as_json:
+        raise LstmgenError("--per-token writes JSON lines on stdout; drop --json (the summary table goes to stderr)")
+    if per_token and heatmap:
+        raise LstmgenError("--per-token and --heatmap both write to stdout; use --per-token with --html instead of --heatmap")
+    if heatmap and as_json:
+        raise LstmgenError("--heatmap prints text on stdout; drop --json or write the heatmap with --html")
+    if (heatmap or html_path is not None) and len(files) > 1:
+        raise LstmgenError("--heatmap and --html show one file; evaluate the files one at a time")
+    if streams is not None and streams != 1:
+        raise LstmgenError("--per-token, --heatmap and --html read the text as one stream; drop --streams")
+    if html_path is not None:
+        from .fsutil import check_writable_directory
+
+        check_writable_directory(html_path, "HTML page")
+    return {"per_token": per_token, "top_k": top_k, "heatmap": heatmap, "html": html_path, "multi": len(files) > 1}
+
+
+def _evaluate_in_context(lm: Any, path: Path, streams: Optional[int], errors: str, baselines: bool, detail: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """One file: the summary `eval --json` prints, its baselines, and any per-token output."""
+    from .evaluation import TextWithContext, baselines as baseline_report, evaluate_tokens, summarize, token_surprisal
+
+    text = TextWithContext(lm.tokenizer, path, errors=errors, compress=baselines)
+    if detail is None:
+        result = evaluate_tokens(lm._eval_model, text.tokens, text.num_bytes, text.num_chars, streams, lm.device)
+    else:
+        surprisal = token_surprisal(lm._eval_model, text.tokens, top_k=detail["top_k"], device=lm.device)
+        result = summarize(surprisal.nll, len(text.tokens) - 1, text.num_bytes, text.num_chars)
+        result["streams"] = 1
+        if detail["per_token"]:
+            _write_per_token(lm.tokenizer, surprisal, str(path) if detail["multi"] else None)
+        if detail["heatmap"] or detail["html"] is not None:
+            _show_heatmap(lm.tokenizer, surprisal, path, result, detail)
+    result["file"] = str(path)
+    if baselines:
+        counts = (lm.meta.get("training") or {}).get("token_counts")
+        result["baselines"] = baseline_report(text.tokens, text.num_bytes, text.num_chars, text.compressed, counts, lm.tokenizer.vocab_size)
+        if result["baselines"].get("unigram_note"):
+            _info(f"note: {result['baselines']['unigram_note']}")
+    return result
+
+
+def _token_text(tokenizer: Any, token_id: int) -> tuple[str, Optional[str]]:
+    """A token's text, and its bytes in hex when they are not whole UTF-8 characters on their own."""
+    data = tokenizer.token_bytes(int(token_id))
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), data.hex()
+
+
+def _write_per_token(tokenizer: Any, surprisal: Any, file: Optional[str]) -> None:
+    """JSON lines: {index, id, text[, bytes], surprisal_bits, prob, alternatives: [{id, text, prob}]}."""
+    texts: dict[int, tuple[str, Optional[str]]] = {}
+
+    def text_of(token_id: int) -> tuple[str, Optional[str]]:
+        if token_id not in texts:
+            texts[token_id] = _token_text(tokenizer, token_id)
+        return texts[token_id]
+
+    lines: list[str] = []
+    for index in range(len(surprisal.surprisal_bits)):
+        token_id = int(surprisal.tokens[index + 1])
+        text, raw = text_of(token_id)
+        bits = float(surprisal.surprisal_bits[index])
+        record: dict[str, Any] = {"index": index, "id": token_id, "text": text}
+        if raw is not None:
+            record["bytes"] = raw
+        record["surprisal_bits"] = round(bits, 4)
+        record["prob"] = float(f"{2.0 ** -bits:.6g}")
+        record["alternatives"] = [{"id": int(alt), "text": text_of(int(alt))[0], "prob": float(f"{prob:.6g}")}
+                                  for alt, prob in zip(surprisal.top_ids[index], surprisal.top_probs[index])]
+        if file is not None:
+            record = {"file": file, **record}
+        lines.append(json.dumps(record, ensure_ascii=False))
+        if len(lines) >= 2000:
+            _write_stdout("\n".join(lines) + "\n")
+            lines = []
+    if lines:
+        _write_stdout("\n".join(lines) + "\n")
+
+
+def _stdout_color_console() -> Any:
+    """A rich console for coloured output on stdout, or None where colour is off (NO_COLOR, not a terminal)."""
+    if os.environ.get("NO_COLOR"):
+        return None
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    return console if console.is_terminal and console.color_system is not None else None
+
+
+def _heatmap_spans(tokenizer: Any, surprisal: Any) -> list[Any]:
+    from .inspection import group_pieces
+    from .visualize import Span
+
+    spans = []
+    for piece in group_pieces(tokenizer, surprisal.tokens, start=1):
+        bits = float(surprisal.surprisal_bits[piece.first - 1 : piece.last].sum())
+        position = piece.first - 1
+        actual = int(surprisal.tokens[piece.first])
+        alternatives = [[_token_text(tokenizer, int(alt))[0], round(float(prob), 5), int(alt) == actual]
+                        for alt, prob in zip(surprisal.top_ids[position], surprisal.top_probs[position])]
+        info: dict[str, Any] = {"bits": round(bits, 3), "p": float(f"{2.0 ** -bits:.4g}"), "alternatives": alternatives}
+        if piece.token_count > 1:
+            info["tokens"] = piece.token_count
+        spans.append(Span(piece.text, bits, info))
+    return spans
+
+
+def _show_heatmap(tokenizer: Any, surprisal: Any, path: Path, result: dict[str, Any], detail: dict[str, Any]) -> None:
+    from .visualize import html_page, print_spans, surprisal_scale, write_html
+
+    spans = _heatmap_spans(tokenizer, surprisal)
+    scale = surprisal_scale()
+    if detail["heatmap"]:
+        print_spans(spans, scale, _write_stdout, _stdout_color_console())
+    if detail["html"] is not None:
+        summary = (f"{result['tokens']:,} tokens, {result['bits_per_byte']:.4f} bits/byte, {result['bits_per_char']:.4f} bits/char, "
+                   f"perplexity {result['perplexity']:.2f}. Each piece of text is coloured by its surprisal, −log₂ p, under the model.")
+        fields = [{"key": "bits", "label": "surprisal", "unit": "bits", "digits": 2}, {"key": "p", "label": "probability", "digits": "pct"},
+                  {"key": "tokens", "label": "tokens in this piece", "digits": 0}]
+        write_html(detail["html"], html_page(f"Surprisal: {path.name}", spans, scale, summary, fields))
+        _info(f"wrote {detail['html']}")
+
+
+def _print_baselines(rows: list[dict[str, Any]], console: Any) -> None:
+    """Bits per byte of the model next to the unigram model and the compressors (lower is better)."""
+    from rich.table import Table
+
+    from .evaluation import COMPRESSORS
+
+    if not any(r.get("baselines") for r in rows):
+        return
+    has_unigram = any((r.get("baselines") or {}).get("unigram") for r in rows)
+    table = Table(title="bits per byte, lower is better", title_justify="left")
+    columns = ["file", "this model"] + (["unigram"] if has_unigram else []) + [label for label, _ in COMPRESSORS.values()]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for r in rows:
+        found = r.get("baselines") or {}
+        cells = [str(r["file"]), f"{r['bits_per_byte']:.4f}"]
+        if has_unigram:
+            cells.append(f"{found['unigram']['bits_per_byte']:.4f}" if found.get("unigram") else "–")
+        cells += [f"{found[name]['bits_per_byte']:.4f}" if found.get(name) else "–" for name in COMPRESSORS]
+        table.add_row(*cells)
+    console.print(table)
 
 
 # -- info -------------------------------------------------------------------------------------------
@@ -654,18 +990,34 @@ def _finite(payload: Any) -> bool:
 def info(
     model: Path = typer.Argument(..., help="A .lstmgen bundle.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON on stdout."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the train/validation loss curves as a PNG (needs matplotlib: pip install 'lstmgen[plot]')."),
 ) -> None:
-    """Show a bundle's configuration, training summary and versions."""
+    """Show a bundle's configuration, training summary, versions and loss curves."""
     from .bundle import load_bundle
     from .model import LSTMLanguageModel
 
+    if plot is not None:
+        from .fsutil import check_writable_directory
+
+        _require_matplotlib()
+        check_writable_directory(plot, "plot")
     bundle = load_bundle(model)
     parameters = LSTMLanguageModel(bundle.model_config).num_parameters()
     meta = {**bundle.meta, "parameters": parameters}
+    training = meta.get("training", {})
+    from .visualize import read_curve
+
+    curve = read_curve(training)
+    if plot is not None:
+        if curve is None:
+            raise LstmgenError(f"{model} has no training curve to plot (it is written by `lstmgen train` at each validation)")
+        from .visualize import plot_curves_png
+
+        plot_curves_png(curve, plot, f"{Path(model).name}: training curves")
+        _info(f"wrote {plot}")
     if as_json:
         _write_stdout(json.dumps(meta, indent=2) + "\n")
         return
-    training = meta.get("training", {})
     cfg = meta["model"]
     lines = [
         f"model       {cfg['num_layers']}×{cfg['hidden_size']} {cfg['cell'].upper()}, embedding {cfg['embedding_size']}, vocabulary {cfg['vocab_size']}, {parameters:,} parameters",
@@ -673,11 +1025,209 @@ def info(
     ]
     if training.get("best_val_loss") is not None:
         lines.append(f"validation  {training['best_val_loss']:.4f} nats/token, {training.get('best_val_bits_per_char') or float('nan'):.4f} bits/char (step {training.get('best_val_step')})")
-    lines.append(f"corpus      sha256 {training.get('corpus_sha256', '?')}")
+    lines.extend(_info_config_lines(meta))
+    lines.append(f"corpus      {_corpus_files_text(training.get('corpus_files'))}sha256 {training.get('corpus_sha256', '?')}")
     versions = meta.get("versions", {})
     lines.append("versions    " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    stream = sys.stdout if sys.stdout.isatty() else sys.stderr
+    on_terminal = sys.stdout.isatty()
+    stream = sys.stdout if on_terminal else sys.stderr
     print("\n".join(lines), file=stream)
+    if curve is not None:
+        from rich.console import Console
+
+        print(file=stream)
+        console = Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+        from .visualize import print_curve
+
+        print_curve(curve, console, width=max(20, min(72, console.width - 12)))
+    else:
+        print("curves      none (the bundle has no training.curve)", file=stream)
+
+
+def _corpus_files_text(files: Any) -> str:
+    if not isinstance(files, list) or not files:
+        return ""
+    shown = [f"{f.get('name', '?')} ({f['bytes']:,} bytes)" if isinstance(f.get("bytes"), int) else str(f.get("name", "?"))
+             for f in files[:3] if isinstance(f, dict)]
+    return ", ".join(shown) + (f" and {len(files) - 3} more" if len(files) > 3 else "") + ", " if shown else ""
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise LstmgenError("--plot needs matplotlib, which is not installed; install it with: pip install 'lstmgen[plot]'") from None
+
+
+def _info_config_lines(meta: dict[str, Any]) -> list[str]:
+    """Tokenizer, training options and corpus files of `lstmgen info` (what is there, tolerantly)."""
+    lines = []
+    tokenizer = meta.get("tokenizer") or {}
+    settings = tokenizer.get("settings") or {}
+    described = ", ".join(f"{key} {settings[key]}" for key in ("model_type", "documents", "character_coverage") if settings.get(key) is not None)
+    lines.append(f"tokenizer   {tokenizer.get('type', '?')}, {tokenizer.get('vocab_size', '?')} pieces" + (f", {described}" if described else ""))
+    train_config = (meta.get("training") or {}).get("train_config")
+    if isinstance(train_config, dict) and train_config:
+        keys = ("batch_size", "seq_len", "learning_rate", "weight_decay", "warmup_steps", "grad_clip", "seed")
+        lines.append("train with  " + ", ".join(f"{key} {train_config[key]}" for key in keys if key in train_config))
+    if meta.get("created"):
+        lines.append(f"created     {meta['created']} (weights {(meta.get('weights') or {}).get('dtype', 'float32')})")
+    return lines
+
+
+# -- inspect ----------------------------------------------------------------------------------------
+
+EXAMPLES_INSPECT = """
+Examples:\n
+  lstmgen inspect -m shakespeare.lstmgen held-out.txt --find\n
+  lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137\n
+  lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137 --state h --html cell.html
+"""
+
+
+@app.command(name="inspect", epilog=EXAMPLES_INSPECT)
+def inspect_command(
+    file: Path = typer.Argument(..., help="Text file to run the model over (UTF-8).", show_default=False),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Bundle to inspect (default: $LSTMGEN_MODEL)."),
+    neuron: Optional[str] = typer.Option(None, "--neuron", help="LAYER:CELL, both counted from 0: colour the text by this cell's activation."),
+    find: bool = typer.Option(False, "--find", help="Rank cells by how strongly they track simple features of the text (quotes, brackets, position in line, ...)."),
+    state: Optional[str] = typer.Option(None, "--state", help="c (cell state; the default for --neuron) or h (output). --find scans both unless given."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="With --neuron: also write the coloured text as a self-contained HTML page."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    top: int = typer.Option(3, "--top", help="Cells listed per feature (--find)."),
+    max_tokens: int = typer.Option(20_000, "--max-tokens", help="Read at most this many tokens from the start of the file."),
+    errors: str = typer.Option("strict", help="Invalid UTF-8: strict or replace."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
+) -> None:
+    """Look inside a model: colour a text by one cell's activation, or find the cells that track features of it."""
+    if find == (neuron is not None):
+        raise LstmgenError("give --neuron LAYER:CELL to colour the text by one cell, or --find to rank cells by feature (one of them)")
+    if state is not None and state not in ("c", "h"):
+        raise LstmgenError(f"--state must be c (cell state) or h (output), not {state!r}")
+    if html_path is not None and neuron is None:
+        raise LstmgenError("--html draws one cell: use it with --neuron (run --find first to pick one)")
+    if not 1 <= top <= 100:
+        raise LstmgenError(f"--top must be a whole number from 1 to 100, not {top}")
+    if not 1 <= max_tokens <= 10_000_000:
+        raise LstmgenError(f"--max-tokens must be a whole number from 1 to 10000000, not {max_tokens}")
+    _check_device_and_threads("cpu", threads)
+    from .data import check_corpus_file
+
+    check_corpus_file(file)
+    if html_path is not None:
+        from .fsutil import check_writable_directory
+
+        check_writable_directory(html_path, "HTML page")
+    from .api import LanguageModel
+    from .inspection import STATE_KINDS, activations, check_state_kind, group_pieces
+
+    lm = LanguageModel.load(_resolve_model(model))
+    cell = lm.config.cell
+    if cell not in STATE_KINDS:
+        raise LstmgenError(f"cannot inspect {cell!r} cells; the cells are {', '.join(STATE_KINDS)}")
+    if neuron is not None:
+        from .inspection import parse_neuron
+
+        layer, index = parse_neuron(neuron, lm.config.num_layers, lm.config.hidden_size)
+        kinds: tuple[str, ...] = (state or ("c" if "c" in STATE_KINDS[cell] else "h"),)
+    else:
+        kinds = (state,) if state is not None else STATE_KINDS[cell]
+    for kind in kinds:
+        check_state_kind(cell, kind)
+    ids, total = _inspect_ids(lm.tokenizer, file, errors, max_tokens)
+    if total > max_tokens:
+        _info(f"inspecting the first {max_tokens:,} of {total:,} tokens; raise --max-tokens for more")
+    acts = activations(lm.model, ids, kinds)
+    pieces = group_pieces(lm.tokenizer, ids, start=1)
+    if neuron is not None:
+        _show_neuron(acts, pieces, layer, index, kinds[0], cell, file, html_path, as_json)
+    else:
+        _show_find(acts, pieces, kinds, top, file, model, as_json, lm.config)
+
+
+def _inspect_ids(tokenizer: Any, path: Path, errors: str, max_tokens: int) -> tuple[list[int], int]:
+    """[start] + the ids of the file's beginning (at most max_tokens), and how many the part read has."""
+    from .data import CorpusReader
+
+    lines, chars = [], 0
+    for line in CorpusReader(path, errors).lines():
+        lines.append(line)
+        chars += len(line)
+        if chars > 16 * max_tokens + 1024:  # far more text than max_tokens tokens need
+            break
+    encoded = tokenizer.encode("".join(lines))
+    if not encoded:
+        raise LstmgenError(f"{path} has no text to inspect")
+    return [tokenizer.bos_id] + encoded[:max_tokens], len(encoded)
+
+
+def _show_neuron(acts: Any, pieces: list[Any], layer: int, index: int, kind: str, cell: str, path: Path, html_path: Optional[Path], as_json: bool) -> None:
+    import numpy as np
+
+    from .inspection import STATE_LABELS
+    from .visualize import Span, activation_scale, html_page, print_spans, write_html
+
+    values = acts.cell(layer, index, kind)
+    shown = np.array([values[p.last] for p in pieces], dtype=np.float64)
+    label = f"cell {layer}:{index} {STATE_LABELS[kind]} ({kind})"
+    if as_json:
+        payload = {"neuron": f"{layer}:{index}", "layer": layer, "cell": index, "state": kind, "file": str(path),
+                   "min": float(shown.min()), "max": float(shown.max()), "mean": float(shown.mean()),
+                   "pieces": [{"text": p.text, "value": round(float(v), 5)} for p, v in zip(pieces, shown)]}
+        _write_stdout(json.dumps(payload, ensure_ascii=False) + "\n")
+    limit = float(np.percentile(np.abs(shown), 99)) if len(shown) else 1.0
+    spread = float(shown.std()) if len(shown) > 1 else 0.0
+    low, high = (float(shown.mean()) - spread, float(shown.mean()) + spread) if spread > 1e-9 else (-math.inf, math.inf)
+    scale = activation_scale(limit if limit > 1e-6 else 1.0, label, low, high)
+    spans = [Span(p.text, float(v), {"value": round(float(v), 4)} | ({"tokens": p.token_count} if p.token_count > 1 else {}))
+             for p, v in zip(pieces, shown)]
+    if not as_json:
+        print_spans(spans, scale, _write_stdout, _stdout_color_console())
+    if html_path is not None:
+        summary = (f"{cell.upper()} layer {layer}, cell {index}, {STATE_LABELS[kind]} {kind}, after reading each piece of {path.name}: "
+                   f"red positive, blue negative, full colour at ±{scale.high:.3g} (range {shown.min():.3g} … {shown.max():.3g}).")
+        fields = [{"key": "value", "label": f"{kind}[{layer}:{index}]", "digits": 4}, {"key": "tokens", "label": "tokens in this piece", "digits": 0}]
+        write_html(html_path, html_page(f"{label}: {path.name}", spans, scale, summary, fields))
+        _info(f"wrote {html_path}")
+
+
+def _show_find(acts: Any, pieces: list[Any], kinds: tuple[str, ...], top: int, path: Path, model: Optional[str], as_json: bool, config: Any) -> None:
+    from .inspection import STATE_LABELS, chance_level, find_cells, text_features
+
+    features = text_features([p.text for p in pieces])
+    matches, constant = find_cells(acts, [p.last for p in pieces], features, top=top, kinds=kinds)
+    chance = chance_level(len(pieces))
+    if as_json:
+        payload = {
+            "file": str(path), "pieces": len(pieces), "tokens": len(acts.ids) - 1, "cell": config.cell, "layers": config.num_layers,
+            "hidden_size": config.hidden_size, "states": list(kinds), "chance_r": round(chance, 4),
+            "features": [{"name": m.name, "description": m.description, "mean": round(m.mean, 4), "top": [c.as_dict() for c in m.top]} for m in matches],
+            "constant_features": constant,
+        }
+        _write_stdout(json.dumps(payload, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False, width=None if sys.stdout.isatty() else 140)
+    states = " and ".join(f"{STATE_LABELS[k]} ({k})" for k in kinds)
+    table = Table(title=f"cells that track features of {path.name}: {len(pieces):,} pieces, {states} of {config.num_layers}×{config.hidden_size} cells",
+                  title_justify="left", caption=f"r: correlation over the pieces; |r| above {chance:.3f} is unlikely by chance. "
+                                                "LAYER:CELL counts from 0, as --neuron takes it.", caption_justify="left")
+    table.add_column("feature")
+    table.add_column("what it measures")
+    for rank in range(top):
+        table.add_column("best cell" if rank == 0 else f"#{rank + 1}", justify="right")
+    for m in matches:
+        cells = [f"{c.layer}:{c.index} {c.kind} {c.r:+.2f}" for c in m.top] + [""] * (top - len(m.top))
+        table.add_row(m.name, m.description, *cells)
+    console.print(table)
+    if constant:
+        _info(f"features constant over this text (nothing to correlate): {', '.join(constant)}")
+    if matches and matches[0].top:
+        best = matches[0].top[0]
+        hint_model = f" -m {model}" if model else ""
+        _info(f"see one: lstmgen inspect{hint_model} {path} --neuron {best.layer}:{best.index} --state {best.kind}")
 
 
 # -- entry point ------------------------------------------------------------------------------------
@@ -746,4 +1296,18 @@ def main(argv: list[str] | None = None) -> None:
         _exit_quietly(0)
     except MemoryError:
         _error("out of memory; use a smaller model, --batch-size or input", 1)
+    except OSError as error:
+        import errno
+
+        # A full disk (or a file-size limit) hit by a write that is not one of the atomic writes.
+        if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        _error(f"could not write{where}: {error.strerror}; free disk space or choose another location", 2)
+    except RuntimeError as error:
+        # PyTorch reports a failed allocation as a RuntimeError (torch.cuda.OutOfMemoryError is one too).
+        text = str(error)
+        if "out of memory" not in text.lower() and "can't allocate memory" not in text:
+            raise
+        _error("out of memory; use a smaller model, --batch-size, --num-samples or input", 1)
     _exit_quietly(0)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from .errors import LstmgenError
 
 MODEL_TYPES = ("unigram", "bpe", "char")
+DOCUMENTS = ("file", "blank-line")
 CELLS = ("lstm", "gru", "paper")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: auto = bf16 autocast on GPUs that support it, else fp32 (bf16 is slower than fp32 on most CPUs).
@@ -30,11 +31,16 @@ class TokenizerConfig:
     vocab_size: int | None = None
     model_type: str = "unigram"
     character_coverage: float | None = None
-    max_training_bytes: int = 64 * 1024 * 1024
+    max_training_bytes: int = 16 * 1024 * 1024
+    #: Where documents end (an EOS id follows each): "file" (each corpus file is one document) or
+    #: "blank-line" (a run of blank lines also separates documents, e.g. one poem per paragraph).
+    documents: str = "file"
 
     def validate(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise LstmgenError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, not {self.model_type!r}")
+        if self.documents not in DOCUMENTS:
+            raise LstmgenError(f"--documents must be one of {', '.join(DOCUMENTS)}, not {self.documents!r}")
         if self.vocab_size is not None:
             _check_int("--vocab-size", self.vocab_size, low=8, high=1 << 20)
         if self.character_coverage is not None:
@@ -83,7 +89,7 @@ class TrainConfig:
     epochs: float | None = None
     val_fraction: float = 0.1
     val_every: int = 100
-    val_max_tokens: int = 2_000_000
+    val_max_tokens: int = 250_000
     seed: int = 1234
     device: str = "auto"
     log_every: int = 10

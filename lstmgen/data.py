@@ -11,10 +11,13 @@ follows it, so a model learns where documents end and what follows an end.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
+import shutil
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +33,8 @@ TOKENS_FORMAT = "lstmgen-tokens"
 TOKENS_VERSION = 1
 READ_CHUNK_BYTES = 1 << 20
 MAX_LINE_CHARS = 1 << 16
+#: tokens.json is a few kB; refuse anything absurdly larger instead of reading it.
+TOKENS_JSON_LIMIT = 64 << 20
 ENCODE_BATCH_CHARS = 1 << 20
 
 ProgressCallback = Callable[[int, int], None]
@@ -65,7 +70,19 @@ def check_corpus_file(path: Path) -> int:
         )
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise LstmgenError(f"corpus {path} is UTF-16 text; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 {path} > out.txt)")
+    if b"\x00" in head and not _utf8_prefix(head):
+        # An image, archive or executable: saying "convert it to UTF-8" would send the user the wrong way.
+        raise LstmgenError(f"corpus {path} looks like a binary file (NUL bytes and invalid UTF-8 near its start), not text; pass a UTF-8 text file")
     return info.st_size
+
+
+def _utf8_prefix(head: bytes) -> bool:
+    """Whether `head` is valid UTF-8, allowing a character cut at its end."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start > len(head) - 4
+    return True
 
 
 class CorpusReader:
@@ -193,10 +210,10 @@ class TokenizedCorpus:
         if not directory.is_dir():
             raise LstmgenError(f"tokenized corpus {directory} is not a directory; create it with `lstmgen tokenize CORPUS -o {directory}`")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(_read_regular_file(meta_path, TOKENS_JSON_LIMIT).decode("utf-8"))
         except FileNotFoundError:
             raise LstmgenError(f"{directory} holds no tokens.json; create it with `lstmgen tokenize CORPUS -o {directory}`") from None
-        except (OSError, ValueError, UnicodeDecodeError):
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             raise LstmgenError(f"{meta_path} is damaged; recreate it with `lstmgen tokenize`") from None
         corpus = cls(directory, meta)
         corpus._validate()
@@ -207,20 +224,43 @@ class TokenizedCorpus:
         try:
             ok = meta["format"] == TOKENS_FORMAT and meta["version"] == TOKENS_VERSION
             dtype = np.dtype(meta["dtype"])
+            numbers = (meta["num_tokens"], meta["vocab_size"], meta["split"]["index"], meta["split"]["val_bytes"], meta["split"]["val_chars"])
+            ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers)
+            # Values the CLI and the trainer read without further checks (a hand-edited file must not crash them).
+            ok = ok and isinstance(meta.get("tokenizer", {}), dict) and isinstance(meta.get("files", []), list)
+            ok = ok and all(isinstance(f, dict) for f in meta.get("files", []))
             expected = int(meta["num_tokens"]) * dtype.itemsize
             split = int(meta["split"]["index"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             ok = False
         if not ok:
             raise LstmgenError(f"{self.meta_path} is not an lstmgen tokens file of version {TOKENS_VERSION}; recreate it with `lstmgen tokenize`")
         if dtype not in (np.dtype("uint16"), np.dtype("uint32")) or not 0 < split <= int(meta["num_tokens"]):
             raise LstmgenError(f"{self.meta_path} is inconsistent; recreate it with `lstmgen tokenize`")
+        for path in (self.tokens_path, self.tokenizer_path):
+            with contextlib.suppress(OSError):
+                if not stat.S_ISREG(path.stat().st_mode):  # a FIFO here would block the reader forever
+                    raise LstmgenError(f"{path} is not a regular file; recreate {self.directory} with `lstmgen tokenize`")
         try:
             actual = self.tokens_path.stat().st_size
         except OSError:
             actual = -1
         if actual != expected:
             raise LstmgenError(f"{self.tokens_path} is incomplete ({actual} bytes, expected {expected}); recreate it with `lstmgen tokenize`")
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; a FIFO or device is refused, never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise ValueError(f"{path} is not a regular file of at most {limit} bytes")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(info.st_size + 1)
+    finally:
+        os.close(fd)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -235,12 +275,19 @@ def encode_corpus(
     tokenizer_settings: dict[str, Any],
     errors: str = "strict",
     on_progress: ProgressCallback | None = None,
+    documents: str = "file",
 ) -> TokenizedCorpus:
     """Encode corpus files into `directory`, streaming: memory stays bounded for any corpus size.
 
+    The stream is `doc1 EOS doc2 EOS ...`. With documents="file" each file is one document; with
+    "blank-line" a run of blank (whitespace-only) lines also ends one, and the EOS id replaces
+    the run, so decoding a document's tokens gives its text exactly, without the separator.
     Files are written atomically; tokens.json is written last, so a directory whose sidecar
     matches its tokens.bin is always complete.
     """
+    if documents not in ("file", "blank-line"):
+        raise LstmgenError(f"--documents must be file or blank-line, not {documents!r}")
+    blank_lines = documents == "blank-line"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     readers = [CorpusReader(p, errors) for p in paths]
@@ -262,34 +309,62 @@ def encode_corpus(
         token_digest.update(data)
         num_tokens += len(array)
 
+    def encode_lines(handle: Any, batch: list[str], separators: list[list[int] | None] | None = None) -> int:
+        """Encode a batch of lines, write their ids, note the split point; returns its characters.
+
+        separators[i], when given and not None, replaces line i's ids (a document separator)."""
+        nonlocal bytes_done, chars_done, split
+        if separators is None:
+            encoded = tokenizer.encode_batch(batch)
+        else:
+            texts = iter(tokenizer.encode_batch([line for line, ids in zip(batch, separators) if ids is None]))
+            encoded = [next(texts) if ids is None else ids for ids in separators]
+        sizes = [len(line.encode("utf-8", errors="surrogatepass")) for line in batch]
+        if split is None and bytes_done + sum(sizes) > split_at_byte:
+            # The validation split starts at the first line that begins at or after split_at_byte.
+            offset, tokens_before, chars_before = bytes_done, num_tokens, chars_done
+            for line, size, ids in zip(batch, sizes, encoded):
+                if offset >= split_at_byte:
+                    split = {"index": tokens_before, "bytes": offset, "chars": chars_before}
+                    break
+                offset += size
+                tokens_before += len(ids)
+                chars_before += len(line)
+        count = sum(len(ids) for ids in encoded)
+        write(handle, np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=count))
+        batch_chars = sum(len(line) for line in batch)
+        bytes_done += sum(sizes)
+        chars_done += batch_chars
+        return batch_chars
+
     with atomic_writer(directory / "tokens.bin") as handle:
         for reader in readers:
             file_tokens_start = num_tokens
             file_chars = 0
             batch: list[str] = []
             batch_chars = 0
+            separators: list[list[int] | None] | None = [] if blank_lines else None
+            at_line_start, in_document = True, False
             for line in reader.lines():
+                if separators is not None:
+                    # documents="blank-line": a run of blank lines ends a document; one EOS stands for it.
+                    if at_line_start and line.endswith("\n") and line.isspace():
+                        separators.append([tokenizer.eos_id] if in_document else [])
+                        in_document = False
+                    else:
+                        separators.append(None)
+                        at_line_start, in_document = line.endswith("\n"), True
                 batch.append(line)
                 batch_chars += len(line)
                 if batch_chars >= ENCODE_BATCH_CHARS:
-                    for ids, text in zip(tokenizer.encode_batch(batch), batch):
-                        if split is None and bytes_done >= split_at_byte:
-                            split = {"index": num_tokens, "bytes": bytes_done, "chars": chars_done}
-                        write(handle, np.asarray(ids, dtype=dtype))
-                        bytes_done += len(text.encode("utf-8", errors="surrogatepass"))
-                        chars_done += len(text)
-                        file_chars += len(text)
+                    file_chars += encode_lines(handle, batch, separators)
                     batch, batch_chars = [], 0
+                    separators = [] if blank_lines else None
                     if on_progress:
                         on_progress(bytes_done, total_bytes)
-            for ids, text in zip(tokenizer.encode_batch(batch), batch):
-                if split is None and bytes_done >= split_at_byte:
-                    split = {"index": num_tokens, "bytes": bytes_done, "chars": chars_done}
-                write(handle, np.asarray(ids, dtype=dtype))
-                bytes_done += len(text.encode("utf-8", errors="surrogatepass"))
-                chars_done += len(text)
-                file_chars += len(text)
-            write(handle, eos)
+            file_chars += encode_lines(handle, batch, separators)
+            if in_document or not blank_lines:
+                write(handle, eos)
             if on_progress:
                 on_progress(bytes_done, total_bytes)
             files.append(
@@ -301,10 +376,13 @@ def encode_corpus(
                     "tokens": num_tokens - file_tokens_start,
                 }
             )
-    if split is None or split["index"] < 2 or split["index"] >= num_tokens - 1:
-        raise LstmgenError(
-            f"the corpus is too small to hold out a validation split ({num_tokens} tokens); give more text or a larger --val-fraction"
-        )
+        # Checked before tokens.bin is renamed into place: a refused corpus leaves an earlier encoding intact.
+        if split is None or split["index"] < 2 or split["index"] >= num_tokens - 1:
+            raise LstmgenError(
+                f"the corpus is too small to hold out a validation split ({num_tokens} tokens); give more text or a larger --val-fraction"
+            )
+        # The old sidecar must never describe the new tokens.bin (tokens.json is written last).
+        remove_quietly(directory / "tokens.json")
     tokenizer.save(directory / "tokenizer.model")
     meta = {
         "format": TOKENS_FORMAT,
@@ -436,7 +514,14 @@ def tokenize_corpus(
         tokenizer = train_tokenizer(sample_lines(paths, config.max_training_bytes, errors), config)
     settings = to_dict(config)
     settings["errors"] = errors
-    return encode_corpus(paths, tokenizer, directory, val_fraction, settings, errors=errors, on_progress=on_progress)
+    created = not os.path.lexists(directory)
+    try:
+        return encode_corpus(paths, tokenizer, directory, val_fraction, settings, errors=errors, on_progress=on_progress,
+                             documents=getattr(config, "documents", "file"))
+    except BaseException:
+        if created:  # a failed run leaves no half-made directory behind
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 def reusable_encoding(directory: Path, paths: Sequence[Path], config: Any, val_fraction: float, errors: str = "strict") -> TokenizedCorpus | None:
@@ -450,7 +535,8 @@ def reusable_encoding(directory: Path, paths: Sequence[Path], config: Any, val_f
     settings = to_dict(config)
     settings["errors"] = errors
     meta = corpus.meta
-    if meta.get("tokenizer") != settings or meta["split"].get("val_fraction") != val_fraction:
+    stored = {"documents": "file", **(meta.get("tokenizer") or {})}  # encodings made before the setting existed
+    if stored != settings or meta["split"].get("val_fraction") != val_fraction:
         return None
     files = meta.get("files", [])
     if len(files) != len(paths):

@@ -6,8 +6,12 @@ by the number of tokens, so models with different tokenizers compare fairly.
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import math
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +133,197 @@ def evaluate_file(model: LSTMLanguageModel, tokenizer: Tokenizer, path: Path, nu
     result = evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device)
     result["file"] = str(path)
     return result
+
+
+# -- reference points: compressors and a unigram model ------------------------------------------------
+#
+# A bits-per-byte figure means little on its own. `lstmgen eval` puts next to it what general-purpose
+# compressors at their best settings and a unigram model of the training tokens achieve on the same
+# text, so "1.9 bits/byte" reads as "a third less than xz".
+
+#: Compressor name → (label for tables, factory of a streaming compressor at its best setting).
+COMPRESSORS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "gzip": ("gzip -9", lambda: zlib.compressobj(9, zlib.DEFLATED, 31)),  # wbits 31: the gzip container
+    "bz2": ("bz2 -9", lambda: bz2.BZ2Compressor(9)),
+    "xz": ("xz -9e", lambda: lzma.LZMACompressor(preset=9 | lzma.PRESET_EXTREME)),
+}
+_COMPRESS_CHUNK = 1 << 20
+
+
+class CompressedSizes:
+    """Feed text bytes in pieces; `sizes()` gives each compressor's output size in bytes."""
+
+    def __init__(self) -> None:
+        self._compressors = {name: factory() for name, (_, factory) in COMPRESSORS.items()}
+        self._sizes = dict.fromkeys(COMPRESSORS, 0)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    def update(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= _COMPRESS_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        if data:
+            for name, compressor in self._compressors.items():
+                self._sizes[name] += len(compressor.compress(data))
+
+    def sizes(self) -> dict[str, int]:
+        self._flush()
+        for name, compressor in self._compressors.items():
+            self._sizes[name] += len(compressor.flush())
+        self._compressors = {}
+        return dict(self._sizes)
+
+
+def compressed_sizes(data: bytes) -> dict[str, int]:
+    """Bytes of `data` after gzip -9, bz2 -9 and xz -9e."""
+    sizes = CompressedSizes()
+    sizes.update(data)
+    return sizes.sizes()
+
+
+def unigram_nll(tokens: np.ndarray, token_counts: Sequence[int]) -> float:
+    """Nats of tokens[1:] under the add-one (Laplace) smoothed unigram model of `token_counts`.
+
+    p(t) = (count(t) + 1) / (N + V) with N the training tokens and V the vocabulary: every token,
+    seen in training or not, has probability > 0. tokens[0] is the start id (never predicted).
+    """
+    counts = np.asarray(token_counts, dtype=np.float64)
+    log_probs = np.log(counts + 1.0) - math.log(float(counts.sum()) + len(counts))
+    targets = np.asarray(tokens[1:], dtype=np.int64)
+    return float(-log_probs[targets].sum()) if len(targets) else 0.0
+
+
+def check_token_counts(token_counts: Any, vocab_size: int) -> str | None:
+    """Why `token_counts` (a bundle's training.token_counts) cannot serve as a unigram model, or None."""
+    if token_counts is None:
+        return "the bundle has no training.token_counts (older bundles lack it), so there is no unigram baseline"
+    if not isinstance(token_counts, list) or len(token_counts) != vocab_size:
+        return "the bundle's training.token_counts does not have one count per token of the vocabulary; no unigram baseline"
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in token_counts):
+        return "the bundle's training.token_counts holds values that are not counts; no unigram baseline"
+    return None
+
+
+def baseline_rates(bits: float, num_bytes: int, num_chars: int) -> dict[str, float]:
+    return {
+        "bits_per_byte": bits / num_bytes if num_bytes else float("nan"),
+        "bits_per_char": bits / num_chars if num_chars else float("nan"),
+    }
+
+
+def baselines(tokens: np.ndarray, num_bytes: int, num_chars: int, sizes: dict[str, int] | None, token_counts: Any, vocab_size: int) -> dict[str, Any]:
+    """The `baselines` object of `lstmgen eval --json`: compressors and the unigram model.
+
+    Each compressor: {"compressed_bytes", "bits_per_byte", "bits_per_char"}. "unigram":
+    {"nll" (nats/token), "bits_per_token", "bits_per_byte", "bits_per_char"}, or null with the
+    reason in "unigram_note" when the bundle carries no usable training.token_counts.
+    """
+    result: dict[str, Any] = {}
+    for name, size in (sizes or {}).items():
+        result[name] = {"compressed_bytes": size, **baseline_rates(8.0 * size, num_bytes, num_chars)}
+    note = check_token_counts(token_counts, vocab_size)
+    if note is None:
+        nll = unigram_nll(tokens, token_counts)
+        count = max(len(tokens) - 1, 0)
+        per_token = nll / count if count else float("nan")
+        result["unigram"] = {"nll": per_token, "bits_per_token": per_token / math.log(2) if count else float("nan"),
+                             **baseline_rates(nll / math.log(2), num_bytes, num_chars)}
+    else:
+        result["unigram"] = None
+        result["unigram_note"] = note
+    return result
+
+
+def combine_baselines(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Baselines over several evaluated files together (total bits over total bytes and characters)."""
+    num_bytes = sum(r["bytes"] for r in results)
+    num_chars = sum(r["chars"] for r in results)
+    combined: dict[str, Any] = {}
+    for name in COMPRESSORS:
+        if all(r.get("baselines", {}).get(name) for r in results):
+            size = sum(r["baselines"][name]["compressed_bytes"] for r in results)
+            combined[name] = {"compressed_bytes": size, **baseline_rates(8.0 * size, num_bytes, num_chars)}
+    if all(r.get("baselines", {}).get("unigram") for r in results):
+        bits = sum(r["baselines"]["unigram"]["bits_per_byte"] * r["bytes"] for r in results)
+        tokens = sum(r["tokens"] for r in results)
+        per_token = bits * math.log(2) / tokens if tokens else float("nan")
+        combined["unigram"] = {"nll": per_token, "bits_per_token": bits / tokens if tokens else float("nan"),
+                               **baseline_rates(bits, num_bytes, num_chars)}
+    else:
+        combined["unigram"] = None
+    return combined
+
+
+# -- per-token surprisal -----------------------------------------------------------------------------
+
+
+@dataclass
+class TokenSurprisal:
+    """For every predicted token tokens[1:]: its surprisal and the model's top alternatives.
+
+    surprisal_bits[i] = -log2 p(tokens[i + 1] | tokens[: i + 1]); top_ids/top_probs (T-1, k) are
+    the k most likely next tokens at that position, most likely first.
+    """
+
+    tokens: np.ndarray
+    surprisal_bits: np.ndarray
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+
+    @property
+    def nll(self) -> float:
+        """Total nats (what `total_nll` gives for one stream)."""
+        return float(self.surprisal_bits.sum()) * math.log(2)
+
+
+@torch.inference_mode()
+def token_surprisal(model: Any, tokens: np.ndarray, top_k: int = 5, seq_len: int = 256, device: torch.device | str = "cpu") -> TokenSurprisal:
+    """Surprisal of every token of `tokens` ([start] + text ids) with the state carried through it.
+
+    One stream from start to end, so the total equals exact whole-sequence evaluation. `model` is
+    anything `total_nll` takes (the float model or the int8 one).
+    """
+    model.eval()
+    device = torch.device(device)
+    count = max(len(tokens) - 1, 0)
+    k = max(0, top_k)
+    surprisal = np.zeros(count, dtype=np.float64)
+    top_ids = np.zeros((count, k), dtype=np.int64)
+    top_probs = np.zeros((count, k), dtype=np.float64)
+    ids = np.asarray(tokens, dtype=np.int64)
+    state = None
+    for begin in range(0, count, seq_len):
+        end = min(begin + seq_len, count)
+        x = torch.from_numpy(ids[begin:end]).to(device)[None]
+        y = torch.from_numpy(ids[begin + 1 : end + 1]).to(device)
+        logits, state = model(x, state)
+        log_probs = torch.log_softmax(logits[0].float(), dim=-1)
+        surprisal[begin:end] = (-log_probs.gather(1, y[:, None])[:, 0] / math.log(2)).double().cpu().numpy()
+        if k:
+            values, indices = log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)
+            top_ids[begin:end, : indices.shape[1]] = indices.cpu().numpy()
+            top_probs[begin:end, : values.shape[1]] = values.exp().double().cpu().numpy()
+    return TokenSurprisal(ids, surprisal, top_ids, top_probs)
+
+
+class TextWithContext:
+    """One pass over a text file: its token ids, its size, and its compressed sizes on the way."""
+
+    def __init__(self, tokenizer: Tokenizer, path: Path, errors: str = "strict", compress: bool = True) -> None:
+        reader = CorpusReader(path, errors)
+        self.path = Path(path)
+        self._sizes = CompressedSizes() if compress else None
+        self.tokens, self.num_bytes, self.num_chars = encode_text_stream(tokenizer, self._tee(reader.lines()))
+        self.compressed = self._sizes.sizes() if self._sizes is not None else None
+
+    def _tee(self, lines: Iterable[str]) -> Iterator[str]:
+        for line in lines:
+            if self._sizes is not None:
+                self._sizes.update(line.encode("utf-8", errors="surrogatepass"))
+            yield line

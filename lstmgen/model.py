@@ -1,13 +1,19 @@
-"""The network: embedding → multi-layer LSTM → dropout → (projection) → tied linear head."""
+"""The network: embedding → multi-layer recurrent cell → dropout → (projection) → tied linear head.
+
+The cell is `ModelConfig.cell`: `lstm` (torch.nn.LSTM), `gru` (torch.nn.GRU) or `paper` (the design
+document's LSTM, lstmgen.cells.PaperLSTM). The recurrent state is always a tuple of tensors of
+shape (layers, batch, hidden): (h, c) for lstm, (h,) for gru and paper (cells.STATE_NAMES).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from . import cells
 from .config import ModelConfig
 
-State = tuple[torch.Tensor, torch.Tensor]
+State = tuple[torch.Tensor, ...]
 
 #: The start id (the tokenizer's BOS). It reads as an all-zero input vector: a fresh state plus a
 #: neutral input, whatever the (tied, rarely trained) embedding row of the id has drifted to.
@@ -19,22 +25,17 @@ class LSTMLanguageModel(nn.Module):
 
     Carrying the state lets training run truncated BPTT over contiguous streams and lets sampling
     step one token at a time without re-reading the prompt. Tensor names and the exact equations
-    are specified in docs/bundle-format.md.
+    are specified in docs/bundle-format.md (per cell).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
+        self.cell = config.cell
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
         self.input_dropout = nn.Dropout(config.dropout)
-        self.rnn = nn.LSTM(
-            input_size=config.embedding_size,
-            hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
+        self.rnn = cells.build_rnn(config.cell, config.embedding_size, config.hidden_size, config.num_layers, config.dropout)
         self.output_dropout = nn.Dropout(config.dropout)
         head_input = config.head_input_size
         self.projection = nn.Linear(config.hidden_size, head_input, bias=False) if head_input != config.hidden_size else None
@@ -48,38 +49,60 @@ class LSTMLanguageModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         if not self.config.tie_weights:
             nn.init.normal_(self.head.weight, std=0.05)
-        hidden = self.config.hidden_size
-        for name, parameter in self.rnn.named_parameters():
-            if name.startswith("bias_ih"):
-                nn.init.zeros_(parameter)
-                parameter.data[hidden : 2 * hidden] = 1.0  # forget-gate bias 1: remember by default
-            elif name.startswith("bias_hh"):
-                nn.init.zeros_(parameter)
+        cells.init_rnn(self.rnn, self.cell, self.config.hidden_size)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
         device = device if device is not None else self.embedding.weight.device
-        dtype = self.embedding.weight.dtype
-        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        return cells.initial_state(self.cell, self.config.num_layers, batch_size, self.config.hidden_size, device, self.embedding.weight.dtype)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding(tokens).masked_fill((tokens == START_ID).unsqueeze(-1), 0.0)
 
     def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Head inputs of shape (batch, time, head_input) and the new state."""
-        x = self.embedding(tokens).masked_fill((tokens == START_ID).unsqueeze(-1), 0.0)
-        x = self.input_dropout(x)
-        output, state = self.rnn(x, state)
+        x = self.input_dropout(self.embed(tokens))
+        output, state = cells.run_rnn(self.rnn, self.cell, x, state)
         output = self.output_dropout(output)
         if self.projection is not None:
             output = self.projection(output)
         return output, state
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Logits of shape (batch, time, vocab) and the new state (h, c), each (layers, batch, hidden)."""
+        """Logits of shape (batch, time, vocab) and the new state (a tuple, see the module doc)."""
         features, state = self.features(tokens, state)
         return self.head(features), state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def token_stepper(self) -> TokenStepper:
+        """A one-token step (tokens (B,), state) → (logits (B, V), state) with fused weights."""
+        return TokenStepper(self)
+
+
+class TokenStepper:
+    """One token at a time through the model's cell, with weights prepared once (for sampling).
+
+    nn.LSTM/nn.GRU called on a single time step pay oneDNN's setup cost every call; a plain step
+    (one or two GEMMs per layer, cells.make_step) is several times faster at batch 1. The weights
+    are read when the stepper is built: build a new one after changing them.
+    """
+
+    def __init__(self, model: LSTMLanguageModel) -> None:
+        self.model = model
+        self._step = cells.make_step(model.rnn, model.cell, model.config.num_layers)
+
+    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        x, state = self._step(self.model.embed(tokens), tuple(state))
+        if self.model.projection is not None:
+            x = self.model.projection(x)
+        return self.model.head(x), state
+
 
 def detach_state(state: State) -> State:
-    return state[0].detach(), state[1].detach()
+    return cells.detach_state(state)
+
+
+def carry_names(cell: str) -> tuple[str, ...]:
+    """Checkpoint tensor names of a carried state, in tuple order: carry.h, carry.c for lstm; carry.h otherwise."""
+    return tuple(f"carry.{name}" for name in cells.STATE_NAMES[cell])

@@ -121,11 +121,6 @@ class Tokenizer:
         """Ids that never stand for text (unknown, begin, end)."""
         return [i for i in range(self.vocab_size) if self._sp.is_control(i) or self._sp.is_unknown(i)]
 
-    @property
-    def model_type(self) -> str:
-        # `char` models have no multi-character pieces; the proto does not expose its type simply.
-        return "unknown"
-
     def save(self, path: Path) -> None:
         from .fsutil import atomic_write_bytes
 

@@ -35,7 +35,7 @@ from .distributed import ProcessGroup
 from .errors import LstmgenError, TrainingInterrupted
 from .evaluation import summarize, total_nll
 from .fsutil import atomic_writer, check_writable_directory
-from .model import LSTMLanguageModel, detach_state
+from .model import LSTMLanguageModel, carry_names, detach_state
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("lstmgen")
@@ -262,7 +262,7 @@ class Trainer:
         self.val_bytes = int(round(meta["val_bytes"] * share))
         self.val_chars = int(round(meta["val_chars"] * share))
         self.progress = _Progress()
-        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.state: tuple[torch.Tensor, ...] | None = None  # (h, c) for lstm, (h,) for gru and paper
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoint_path = self.run_dir / "checkpoint.ckpt"
         self.curve: list[dict[str, Any]] = []
@@ -452,6 +452,16 @@ class Trainer:
             self._save_bundle()
         self.group.barrier()
 
+    def _token_counts(self) -> list[int]:
+        """How often each token occurs in the training split: the unigram baseline `eval` reports."""
+        if getattr(self, "_counts", None) is None:
+            tokens = self.corpus.tokens()[: self.corpus.split]
+            counts = np.zeros(self.model_config.vocab_size, dtype=np.int64)
+            for start in range(0, len(tokens), 1 << 24):
+                counts += np.bincount(np.asarray(tokens[start : start + (1 << 24)]), minlength=self.model_config.vocab_size)[: self.model_config.vocab_size]
+            self._counts = counts.tolist()
+        return self._counts
+
     def _save_bundle(self) -> None:
         p = self.progress
         training = {
@@ -466,6 +476,7 @@ class Trainer:
             "train_config": to_dict(self.config),
             "device": str(self.device),
             "curve": self.curve[-500:],
+            "token_counts": self._token_counts(),
         }
         save_bundle(self.output, self.model, self.tokenizer, tokenizer_settings=self.corpus.meta.get("tokenizer"), training=training)
         self.on_event({"event": "bundle", "step": p.step, "path": str(self.output)})
@@ -521,7 +532,7 @@ class Trainer:
             if self.group.enabled:
                 tensors.update({f"rng.cuda.r{rank}": state.clone() for rank, state in enumerate(cuda_states)})
         if self.state is not None:
-            for name, part in zip(("carry.h", "carry.c"), self.state):
+            for name, part in zip(carry_names(self.model_config.cell), self.state):
                 tensors[name] = torch.cat(self.group.gather_tensors(part.detach().contiguous()), dim=1).contiguous()
         if not self.group.is_main:
             return
@@ -572,8 +583,9 @@ class Trainer:
         torch.set_rng_state(tensors.get(f"rng.cpu.r{rank}", tensors["rng.cpu"]))
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors.get(f"rng.cuda.r{rank}", tensors["rng.cuda"]), self.device)
-        if "carry.h" in tensors:
-            self.state = tuple(tensors[name][:, self.streams].contiguous().to(self.device) for name in ("carry.h", "carry.c"))  # type: ignore[assignment]
+        carried = carry_names(self.model_config.cell)
+        if all(name in tensors for name in carried):
+            self.state = tuple(tensors[name][:, self.streams].contiguous().to(self.device) for name in carried)
         self.curve = list(state.get("curve", []))
         if self.group.is_main:
             self._truncate_metrics(self.progress.step)

@@ -119,3 +119,160 @@ def test_text_tracker_matches_full_decode(chunks: list[bytes], stops: list[str])
     else:
         expected = full
     assert out == expected
+
+
+# -- filters, draws and the repetition penalty, against plain reference implementations ------------------
+
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from lstmgen.sampling import _candidates, _choose, _RecentTokens, _Uniforms  # noqa: E402
+
+
+def _reference_keep(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+    """Which tokens survive temperature, top-k, top-p and min-p: full-vocabulary masks and a full sort."""
+    logits = logits / options.temperature
+    if options.top_k and options.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if options.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop_sorted = torch.cumsum(probs, dim=-1) - probs >= options.top_p
+        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), -math.inf)
+    if options.min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < probs.max(dim=-1, keepdim=True).values * options.min_p, -math.inf)
+    return torch.isfinite(logits)
+
+
+def _kept(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+    values, ids = _candidates(logits / options.temperature, options)
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    if ids is None:
+        return torch.isfinite(values)
+    return keep.scatter_(1, ids, torch.isfinite(values))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    vocab=st.integers(2, 700),
+    rows=st.integers(1, 4),
+    spread=st.sampled_from([0.1, 1.0, 4.0, 12.0]),
+    temperature=st.sampled_from([0.3, 1.0, 2.5]),
+    top_k=st.sampled_from([0, 1, 3, 40, 1000]),
+    top_p=st.sampled_from([1.0, 0.999, 0.9, 0.5, 0.01]),
+    min_p=st.sampled_from([0.0, 0.01, 0.2, 0.9]),
+)
+def test_filters_keep_exactly_the_reference_set(seed, vocab, rows, spread, temperature, top_k, top_p, min_p) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, vocab, generator=generator) * spread
+    logits[:, 0] = -math.inf  # a banned token is never kept
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    assert torch.equal(_kept(logits, options), _reference_keep(logits, options))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), top_k=st.sampled_from([0, 2, 5]), top_p=st.sampled_from([1.0, 0.7]), temperature=st.sampled_from([0.5, 1.0]))
+def test_draws_stay_inside_the_kept_set(seed, top_k, top_p, temperature) -> None:
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(seed)) * 3
+    logits[:, :2] = -math.inf
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    uniforms = _Uniforms(seed, 0, 8)
+    keep = _reference_keep(logits, options)
+    for _ in range(20):
+        picks = _choose(logits, options, uniforms)
+        assert keep.gather(1, picks[:, None]).all()
+
+
+def test_draws_follow_the_distribution() -> None:
+    """4,000 draws (one per sample generator) match softmax(logits / T) within 4.5 standard errors."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -math.inf, 1.5]])
+    draws = 4000
+    options = SamplingOptions(temperature=0.8, seed=11)
+    picks = _choose(logits.expand(draws, -1).contiguous(), options, _Uniforms(11, 0, draws))
+    expected = torch.softmax(logits[0] / 0.8, dim=0)
+    counts = torch.bincount(picks, minlength=7).double() / draws
+    assert counts[5] == 0
+    tolerance = 4.5 * torch.sqrt(expected.double() * (1 - expected.double()) / draws) + 1e-9
+    assert ((counts - expected.double()).abs() <= tolerance).all(), (counts, expected)
+
+
+def test_top_p_widens_beyond_the_first_candidates() -> None:
+    # A nearly flat distribution over 1,000 tokens: the nucleus (top_p 0.9) holds ~900 of them.
+    logits = torch.randn(2, 1000, generator=torch.Generator().manual_seed(0)) * 0.01
+    options = SamplingOptions(top_p=0.9)
+    assert 880 <= int(_kept(logits, options)[0].sum()) <= 920
+    assert torch.equal(_kept(logits, options), _reference_keep(logits, options))
+
+
+def _reference_penalty(logits: torch.Tensor, history: list[list[int]], penalty: float, window: int) -> torch.Tensor:
+    logits = logits.clone()
+    for row, tokens in enumerate(history):
+        recent = torch.tensor(sorted(set(tokens[-window:])), dtype=torch.long)
+        if len(recent):
+            values = logits[row, recent]
+            logits[row, recent] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    histories=st.lists(st.lists(st.integers(0, 29), max_size=12), min_size=1, max_size=3),
+    pushes=st.lists(st.integers(0, 29), max_size=20),
+    window=st.integers(1, 10),
+    penalty=st.sampled_from([1.1, 2.0, 7.5]),
+)
+def test_repetition_penalty_matches_reference(histories, pushes, window, penalty) -> None:
+    logits = torch.linspace(-3, 3, 30).repeat(len(histories), 1)
+    recent = _RecentTokens(histories, window, 30, torch.device("cpu"))
+    histories = [list(h) for h in histories]
+    for token in [None, *pushes]:
+        if token is not None:
+            recent.push(torch.full((len(histories),), token))
+            for h in histories:
+                h.append(token)
+        assert torch.equal(recent.penalize(logits, penalty), _reference_penalty(logits, histories, penalty, window))
+
+
+def test_uniforms_do_not_depend_on_the_batch() -> None:
+    together = _Uniforms(5, 0, 3)
+    columns = [together.take()[:, 0] for _ in range(70)]
+    together.select([2])
+    later = [together.take()[0, 0] for _ in range(70)]
+    alone = _Uniforms(5, 2, 1)
+    sequence = [alone.take()[0, 0] for _ in range(140)]
+    assert [c[2] for c in columns] + later == sequence
+
+
+def test_repetition_penalty_discourages_repeats(lm) -> None:
+    plain = lm.sample("", max_tokens=80, seed=3, temperature=0.7)
+    strict = lm.sample("", max_tokens=80, seed=3, temperature=0.7, repetition_penalty=50.0, repetition_window=8)
+
+    def repeats(tokens: list[int], window: int = 8) -> int:
+        return sum(tokens[i] in tokens[max(0, i - window) : i] for i in range(len(tokens)))
+
+    assert repeats(strict.tokens) < repeats(plain.tokens)
+
+
+def test_greedy_ignores_the_seed(lm) -> None:
+    assert lm.generate("KING", max_tokens=20, temperature=0, seed=1) == lm.generate("KING", max_tokens=20, temperature=0, seed=2)
+
+
+@pytest.mark.parametrize("max_chars", [0, 1, 7])
+def test_max_chars_counts_characters_not_tokens(lm, max_chars: int) -> None:
+    sample = lm.sample("", max_tokens=200, max_chars=max_chars, seed=4)
+    assert len(sample.text) == max_chars and sample.finish_reason == FINISH_LENGTH
+
+
+def test_max_tokens_zero_generates_nothing(lm) -> None:
+    sample = lm.sample("ROMEO:", max_tokens=0)
+    assert (sample.text, sample.tokens, sample.finish_reason) == ("", [], FINISH_LENGTH)
+
+
+def test_options_alias_and_unknown_names(lm) -> None:
+    assert lm.generate("A", max_tokens=10, temp=0) == lm.generate("A", max_tokens=10, temperature=0)
+    with pytest.raises(LstmgenError, match="unknown sampling option top_q"):
+        lm.generate("A", top_q=0.5)

@@ -1,0 +1,174 @@
+"""Dynamic int8 inference on the CPU: int8 weights, int8 activations, exact int32 accumulation.
+
+Every weight matrix is quantized once, symmetrically per output row (scale = max|row| / 127).
+Every activation row is quantized when it is used, symmetrically per row, and the product runs as
+a real int8 GEMM (`torch._int_mm`, oneDNN/VNNI on x86) with exact int32 accumulation before it is
+scaled back to float. Because each row has its own scale and integer sums are exact, a row's
+result does not depend on the other rows of the batch: a batch of n samples gives exactly the
+numbers of n single runs, and evaluating a whole sequence gives exactly the numbers of stepping
+through it one token at a time. The element-wise gate functions avoid `torch.sigmoid`, whose
+vectorised and scalar code paths can differ in the last bit (sigmoid(x) = (1 + tanh(x/2)) / 2).
+
+The input and recurrent products of each LSTM layer are quantized separately: embedding rows and
+hidden states have different ranges, and one shared scale would crush the smaller one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import LstmgenError
+
+QUANTIZE_CHOICES = ("int8",)
+_TINY = 1e-30
+
+
+def check_quantize(quantize: str | None, device: torch.device | str = "cpu") -> str | None:
+    """Normalise and validate a `quantize` argument (None, "none" or "int8")."""
+    if quantize is None or quantize == "none":
+        return None
+    if quantize not in QUANTIZE_CHOICES:
+        raise LstmgenError(f"--quantize must be none or int8, not {quantize!r}")
+    if torch.device(device).type != "cpu":
+        raise LstmgenError("--quantize int8 runs on the CPU; drop --device or use --device cpu")
+    try:
+        torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        raise LstmgenError(f"--quantize int8 needs a torch build with CPU int8 matrix products (torch ≥ 2.3); this is torch {torch.__version__}") from None
+    return quantize
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantization: (int8 values, float32 scale per row)."""
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=1).clamp_min(_TINY) / 127.0
+    values = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return values, scale
+
+
+class Int8Linear:
+    """y = x · Wᵀ (+ b) with W in int8 per row and each row of x quantized to int8 on the fly."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        values, self.scale = quantize_rows(weight)
+        self.weight_t = values.t()  # (in, out), column-major: the layout _int_mm reads fastest
+        self.bias = bias.detach().float().contiguous() if bias is not None else None
+        self.in_features = weight.shape[1]
+        self.out_features = weight.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight_t.numel() + 4 * self.scale.numel() + (4 * self.bias.numel() if self.bias is not None else 0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (rows, in) float → (rows, out) float."""
+        row_scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
+        quantized = torch.round(x / row_scale).to(torch.int8)
+        accumulated = torch._int_mm(quantized, self.weight_t)
+        out = accumulated * (row_scale * self.scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out
+
+
+def reorder_gates(tensor: torch.Tensor) -> torch.Tensor:
+    """PyTorch's LSTM gate order (i, f, g, o) → (i, f, o, g): the three sigmoid gates side by side."""
+    i, f, g, o = tensor.chunk(4, dim=0)
+    return torch.cat([i, f, o, g], dim=0)
+
+
+def lstm_pointwise_exact(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSTM cell update from reordered gates (i, f, o, g), with batch-independent rounding."""
+    hidden = c.shape[-1]
+    sig = gates[:, : 3 * hidden].mul(0.5).tanh_().mul_(0.5).add_(0.5)
+    g = gates[:, 3 * hidden :].tanh()
+    c = sig[:, hidden : 2 * hidden] * c
+    c.add_(sig[:, :hidden] * g)
+    h = torch.tanh(c).mul_(sig[:, 2 * hidden :])
+    return h, c
+
+
+class Int8LSTMLanguageModel:
+    """An int8 copy of an LSTMLanguageModel for CPU inference: the same forward and state layout.
+
+    `step` advances every row by one token; `__call__` reads whole sequences (prompts, evaluation)
+    with the same arithmetic, so both give bit-identical logits and states.
+    """
+
+    def __init__(self, model: Any) -> None:
+        config = model.config
+        if getattr(config, "cell", "lstm") != "lstm":
+            raise LstmgenError(f"--quantize int8 supports LSTM models only, not {config.cell!r} models")
+        self.config = config
+        rnn = model.rnn
+        with torch.no_grad():
+            self.embedding = model.embedding.weight.detach().float().clone()
+            self.layers: list[tuple[Int8Linear, Int8Linear]] = []
+            for layer in range(config.num_layers):
+                w_ih = reorder_gates(getattr(rnn, f"weight_ih_l{layer}"))
+                w_hh = reorder_gates(getattr(rnn, f"weight_hh_l{layer}"))
+                bias = reorder_gates(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+                self.layers.append((Int8Linear(w_ih, bias), Int8Linear(w_hh)))
+            self.projection = Int8Linear(model.projection.weight) if model.projection is not None else None
+            self.head = Int8Linear(model.head.weight, model.head.bias)
+        self.hidden = config.hidden_size
+
+    def eval(self) -> Int8LSTMLanguageModel:
+        return self
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights read to produce one token (embedding: one row)."""
+        total = sum(ih.nbytes + hh.nbytes for ih, hh in self.layers) + self.head.nbytes
+        total += self.projection.nbytes if self.projection is not None else 0
+        return total + 4 * self.embedding.shape[1]
+
+    def initial_state(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (self.config.num_layers, batch_size, self.hidden)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        from .model import START_ID
+
+        x = self.embedding[tokens]
+        return x.masked_fill_((tokens == START_ID).unsqueeze(-1), 0.0)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.projection is not None:
+            x = self.projection(x)
+        return self.head(x)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """tokens (batch,) → logits (batch, vocab) and the new state."""
+        h_all, c_all = state
+        x = self._embed(tokens)
+        new_h, new_c = [], []
+        for layer, (ih, hh) in enumerate(self.layers):
+            gates = ih(x).add_(hh(h_all[layer]))
+            x, c = lstm_pointwise_exact(gates, c_all[layer])
+            new_h.append(x)
+            new_c.append(c)
+        return self._head(x), (torch.stack(new_h), torch.stack(new_c))
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """tokens (batch, time) → logits (batch, time, vocab) and the state after the last token."""
+        batch, time = tokens.shape
+        h_all, c_all = state if state is not None else self.initial_state(batch)
+        x = self._embed(tokens)
+        new_h, new_c = [], []
+        for layer, (ih, hh) in enumerate(self.layers):
+            inputs = ih(x.reshape(batch * time, -1)).view(batch, time, -1)
+            h, c = h_all[layer], c_all[layer]
+            outputs = []
+            for t in range(time):
+                h, c = lstm_pointwise_exact(inputs[:, t] + hh(h), c)
+                outputs.append(h)
+            x = torch.stack(outputs, dim=1)
+            new_h.append(h)
+            new_c.append(c)
+        logits = self._head(x.reshape(batch * time, -1)).view(batch, time, -1)
+        return logits, (torch.stack(new_h), torch.stack(new_c))
