@@ -90,15 +90,23 @@ def make_model(cell: str, hidden: int, vocab: int, layers: int) -> LSTMLanguageM
 
 
 class Clock:
-    def __init__(self, kind: str) -> None:
-        self.now = time.process_time if kind == "cpu" else time.perf_counter
+    def __init__(self, kind: str, device: torch.device) -> None:
+        base = time.process_time if kind == "cpu" else time.perf_counter
+        if device.type == "cuda":
+            def now() -> float:
+                torch.cuda.synchronize(device)
+                return base()
+
+            self.now = now
+        else:
+            self.now = base
 
 
-def train_step_timer(model: LSTMLanguageModel, batch: int, seq_len: int, vocab: int, clock: Clock):
+def train_step_timer(model: LSTMLanguageModel, batch: int, seq_len: int, vocab: int, clock: Clock, device: torch.device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(1)
-    inputs = torch.randint(3, vocab, (batch, seq_len), generator=generator)
-    targets = torch.randint(3, vocab, (batch, seq_len), generator=generator)
+    inputs = torch.randint(3, vocab, (batch, seq_len), generator=generator).to(device)
+    targets = torch.randint(3, vocab, (batch, seq_len), generator=generator).to(device)
     state = [None]
 
     def step() -> float:
@@ -116,11 +124,11 @@ def train_step_timer(model: LSTMLanguageModel, batch: int, seq_len: int, vocab: 
     return step
 
 
-def generation_speed(model: LSTMLanguageModel, clock: Clock, tokens: int = 300) -> float:
+def generation_speed(model: LSTMLanguageModel, clock: Clock, device: torch.device, tokens: int = 300) -> float:
     model.eval()
     stepper = FastStepper(model)
     state = model.initial_state(1)
-    token = torch.tensor([5])
+    token = torch.tensor([5], device=device)
     for _ in range(20):
         _, state = stepper.step(token, state)
     started = clock.now()
@@ -138,19 +146,23 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=330)
     parser.add_argument("--reps", type=int, default=5, help="timed training steps per cell and size (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="cpu: process CPU time (default on a CPU); always wall on CUDA")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-naive", action="store_true", help="skip the plain-autograd paper row")
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    clock = Clock(args.clock)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        args.clock = "wall"
+    clock = Clock(args.clock, device)
     names = ["lstm", "gru", "paper"] + ([] if args.no_naive else ["paper-naive"])
     labels = {"lstm": "lstm (nn.LSTM)", "gru": "gru (nn.GRU)", "paper": "paper (lstmgen)", "paper-naive": "paper, plain autograd"}
     rows = []
     for size in args.sizes:
         hidden, batch = (int(v) for v in size.lower().split("x"))
-        models = {name: make_model(name, hidden, args.vocab, args.layers) for name in names}
-        timers = {name: train_step_timer(model, batch, args.seq_len, args.vocab, clock) for name, model in models.items()}
+        models = {name: make_model(name, hidden, args.vocab, args.layers).to(device) for name in names}
+        timers = {name: train_step_timer(model, batch, args.seq_len, args.vocab, clock, device) for name, model in models.items()}
         speeds: dict[str, list[float]] = {name: [] for name in names}
         for timer in timers.values():
             timer()  # warm-up
@@ -159,7 +171,7 @@ def main() -> None:
                 speeds[name].append(timers[name]())
         for name in names:
             train = statistics.median(speeds[name])
-            gen = generation_speed(models[name], clock) if name != "paper-naive" else None
+            gen = generation_speed(models[name], clock, device) if name != "paper-naive" else None
             params = sum(p.numel() for p in models[name].rnn.parameters())
             rows.append((hidden, batch, name, params, train, gen))
             print(f"H={hidden} B={batch} {name:12s} train {train:8.0f} tok/s  (runs: {', '.join(f'{s:.0f}' for s in speeds[name])})"
@@ -176,8 +188,10 @@ def render(rows, args, labels) -> str:
     lines = [
         "## Recurrent cells: training and generation speed",
         "",
-        f"`python benchmarks/bench_cells.py {'--no-naive ' if args.no_naive else ''}--sizes {' '.join(args.sizes)} --threads {args.threads} --clock {args.clock} --reps {args.reps}`",
-        f"— {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), {clock}, "
+        f"`python benchmarks/bench_cells.py {'--no-naive ' if args.no_naive else ''}--sizes {' '.join(args.sizes)} --threads {args.threads} --clock {args.clock} --reps {args.reps}"
+        f"{' --device ' + args.device if args.device != 'cpu' else ''}`",
+        f"— {torch.cuda.get_device_name() if args.device.startswith('cuda') else platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), {clock}, "
         f"{_dt.date.today().isoformat()}. Training: embedding = H, {args.layers} layers, V = {args.vocab}, T = {args.seq_len}, tied head, "
         f"dropout 0.1, AdamW, clip; median of {args.reps} interleaved steps after a warm-up. Generation: FastStepper, batch 1, greedy.",
         "",

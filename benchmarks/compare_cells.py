@@ -51,78 +51,86 @@ START, END = "<!-- cells-compare:start -->", "<!-- cells-compare:end -->"
 # -- the long-range memory corpus ---------------------------------------------------------------
 
 KEYS = "ABCDEFGHIJKLMNOP"  # 16 keys: 4 bits each
-GAP_END = 1 / 64  # P(':') at each gap position: the gap length is geometric with mean 63
-DISTRACTOR = 0.0  # P(a random key letter) at each gap position; else a space
-GAP_BINS = [(0, 16), (16, 32), (32, 64), (64, 128), (128, 256), (256, 10**9)]
+MAX_GAP = 320
+GAP_BINS = [(0, 4), (4, 16), (16, 32), (32, 64), (64, 128), (128, 256), (256, MAX_GAP + 1)]
+
+
+def gap_probabilities() -> list[float]:
+    """P(G = g) for g = 0 … MAX_GAP − 1: G = ⌊2^U⌋ − 1 with U uniform on [0, log2(MAX_GAP + 1)).
+
+    Log-uniform: as many lines per octave of gap length (0–1, 2–3, 4–7, …, 256–320), so short
+    gaps, from which recall is learned first, are common and gaps of hundreds are not rare
+    (P(G ≥ 128) ≈ 0.16, P(G ≥ 256) ≈ 0.04).
+    """
+    top = math.log2(MAX_GAP + 1)
+    return [(math.log2(g + 2) - math.log2(g + 1)) / top for g in range(MAX_GAP)]
 
 
 def memory_text(num_records: int, seed: int) -> tuple[str, list[tuple[int, int, str]]]:
-    """Lines `K gap : K\\n`; returns the text and (offset of the line, gap length, key) per line.
+    """Lines `K, G spaces, ':', K, newline`; returns the text and (offset, G, K) per line.
 
-    K is uniform over KEYS. Each gap position is independently ':' (the gap ends) with probability
-    GAP_END, a uniformly drawn key letter with probability DISTRACTOR, else a space. After ':' the
-    line's own first letter is repeated, then a newline. (The filler is a space, not a dot: a
-    tokenizer trained on text without any space cannot round-trip spaces; see the report.)
+    K is uniform over KEYS and G is drawn from gap_probabilities(), both independently per line.
+    (The filler is a space: a tokenizer trained on text without any space cannot round-trip
+    spaces; see the report.)
     """
     rng = random.Random(seed)
+    top = math.log2(MAX_GAP + 1)
     parts: list[str] = []
     records = []
     offset = 0
     for _ in range(num_records):
         key = rng.choice(KEYS)
-        gap = []
-        while True:
-            u = rng.random()
-            if u < GAP_END:
-                break
-            gap.append(rng.choice(KEYS) if u < GAP_END + DISTRACTOR else " ")
-        line = key + "".join(gap) + ":" + key + "\n"
-        records.append((offset, len(gap), key))
+        gap = min(MAX_GAP - 1, int(2 ** (rng.random() * top)) - 1)
+        line = key + " " * gap + ":" + key + "\n"
+        records.append((offset, gap, key))
         parts.append(line)
         offset += len(line)
     return "".join(parts), records
 
 
-def gap_position_bits() -> float:
-    """Entropy in bits of one gap position: ':' / each of 16 distractors / space."""
-    p, r = GAP_END, DISTRACTOR
-    return -(p * math.log2(p) + (r * math.log2(r / len(KEYS)) if r else 0.0) + (1 - p - r) * math.log2(1 - p - r))
-
-
 def optimal_bits_per_char() -> float:
     """The source's entropy rate: (bits per line) / (characters per line), in expectation.
 
-    A line carries log2(16) bits in its key, and each of its G + 1 gap positions (G symbols and the
-    ':'), E[G + 1] = 1/p of them, carries gap_position_bits(); the recalled key and the newline are
-    certain. A line has E[G] + 4 = 1/p + 3 characters (renewal-reward: the ratio of expectations is
-    the rate).
+    A line carries log2(16) bits in its key and H(G) bits in where its ':' falls (an ideal
+    predictor, which counts the spaces, pays exactly H(G) over the G spaces and the ':'); the
+    recalled key and the newline are certain. A line has E[G] + 4 characters; by the
+    renewal-reward theorem the rate is the ratio of the two expectations.
     """
-    p = GAP_END
-    return (math.log2(len(KEYS)) + gap_position_bits() / p) / (1 / p + 3)
+    probabilities = gap_probabilities()
+    entropy = -sum(p * math.log2(p) for p in probabilities if p > 0)
+    mean_gap = sum(g * p for g, p in enumerate(probabilities))
+    return (math.log2(len(KEYS)) + entropy) / (mean_gap + 4)
 
 
-def symbol_bits(symbol: str) -> float:
-    """The optimal model's bits for one gap-position symbol."""
-    if symbol == ":":
-        return -math.log2(GAP_END)
-    if symbol in KEYS:
-        return -math.log2(DISTRACTOR / len(KEYS))
-    return -math.log2(1 - GAP_END - DISTRACTOR)
+def mean_gap() -> float:
+    return sum(g * p for g, p in enumerate(gap_probabilities()))
+
+
+def position_bits(gap: int) -> list[float]:
+    """The ideal predictor's bits at each of a line's gap positions (G spaces, then the ':')."""
+    probabilities = gap_probabilities()
+    survival = 1.0  # P(G ≥ n)
+    bits = []
+    for n in range(gap + 1):
+        hazard = probabilities[n] / survival  # P(G = n | G ≥ n)
+        bits.append(-math.log2(hazard) if n == gap else -math.log2(1 - hazard))
+        survival -= probabilities[n]
+    return bits
 
 
 # -- sizes --------------------------------------------------------------------------------------
 
 
-def parameter_count(cell: str, vocab: int, embedding: int, hidden: int, layers: int) -> int:
+def parameter_count(cell: str, vocab: int, embedding: int, hidden: int, layers: int, tie: bool = True) -> int:
     from lstmgen.bundle import expected_shapes
     from lstmgen.config import ModelConfig
 
-    config = ModelConfig(vocab_size=vocab, embedding_size=embedding, hidden_size=hidden, num_layers=layers, dropout=0.0, cell=cell)
+    config = ModelConfig(vocab_size=vocab, embedding_size=embedding, hidden_size=hidden, num_layers=layers, dropout=0.0, cell=cell, tie_weights=tie)
     return sum(math.prod(shape) for shape in expected_shapes(config).values())
 
 
-def matched_hidden(cell: str, target: int, vocab: int, embedding: int, layers: int) -> int:
-    return min(range(8, 2048), key=lambda h: (abs(parameter_count(cell, vocab, embedding, h, layers) - target), h))
+def matched_hidden(cell: str, target: int, vocab: int, embedding: int, layers: int, tie: bool) -> int:
+    return min(range(8, 2048), key=lambda h: (abs(parameter_count(cell, vocab, embedding, h, layers, tie) - target), h))
 
 
 # -- one training run (in a worker process) -------------------------------------------------------
@@ -140,7 +148,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     corpus = TokenizedCorpus.open(Path(job["tokens"]))
     model_config = ModelConfig(vocab_size=corpus.meta["vocab_size"], embedding_size=job["embedding"], hidden_size=job["hidden"],
-                               num_layers=job["layers"], dropout=job["dropout"], cell=job["cell"])
+                               num_layers=job["layers"], dropout=job["dropout"], cell=job["cell"], tie_weights=job["tie"])
     # Calibrate: CPU seconds per training step of this model, on this data (3 steps after a warm-up).
     torch.manual_seed(job["seed"])
     model = LSTMLanguageModel(model_config)
@@ -181,7 +189,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
             "parameters": trainer.model.num_parameters(), "steps": result.steps, "tokens_seen": result.tokens_seen,
             "calibrated_step_cpu_s": per_step, "train_cpu_s": clock["train"], "other_cpu_s": clock["other"],
             "tokens_per_cpu_s": result.tokens_seen / max(clock["train"], 1e-9), "wall_s": result.elapsed,
-            "best_val_bits_per_char": result.best_val_bits_per_char, "output": str(output)}
+            "best_val_bits_per_char": result.best_val_bits_per_char, "output": str(output),
+            # The largest |state| entry carried at the end of training, after this many tokens since the last reset.
+            "carried_state_max": max(float(s.abs().max()) for s in trainer.state) if trainer.state is not None else None,
+            "carried_tokens": trainer.progress.window * job["seq_len"]}
 
 
 # -- scoring the memory models ------------------------------------------------------------------
@@ -214,8 +225,7 @@ def score_memory(bundle: Path, text: str, records: list[tuple[int, int, str]]) -
     recall_positions, gaps = [], []
     for offset, gap, _ in records:
         optimal[offset] = math.log2(len(KEYS))
-        for position in range(offset + 1, offset + gap + 2):  # gap symbols and the ':'
-            optimal[position] = symbol_bits(text[position])
+        optimal[offset + 1 : offset + gap + 2] = position_bits(gap)  # the spaces and the ':'
         recall_positions.append(offset + gap + 2)
         gaps.append(gap)
     recall_positions_arr, gaps_arr = np.array(recall_positions), np.array(gaps)
@@ -226,6 +236,7 @@ def score_memory(bundle: Path, text: str, records: list[tuple[int, int, str]]) -
         by_gap.append({"gap": [low, high], "lines": int(mask.sum()), "accuracy": float(correct[chosen].mean()) if mask.any() else None,
                        "bits": float(bits[chosen].mean()) if mask.any() else None})
     return {"bits_per_char": float(bits.sum() / len(text)), "optimal_bits_per_char_sample": float(optimal.sum() / len(text)),
+            "state_max_at_end": max(float(s.abs().max()) for s in state),
             "recall_accuracy": float(correct[recall_positions_arr].mean()), "recall_bits": float(bits[recall_positions_arr].mean()),
             "excess_bits_per_line": float((bits.sum() - optimal.sum()) / len(records)),
             "excess_bits_per_line_at_recall": float(bits[recall_positions_arr].sum() / len(records)), "by_gap": by_gap}
@@ -244,7 +255,7 @@ def prepare_corpora(workdir: Path, names: list[str], memory: bool, memory_chars:
         path = workdir / "memory" / "memory.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            text, _ = memory_text(int(memory_chars / (1 / GAP_END + 3)), seed=12345)
+            text, _ = memory_text(int(memory_chars / (mean_gap() + 4)), seed=12345)
             path.write_text(text, encoding="utf-8")
         sources["memory"] = (path, 1.0)
     for name, (path, coverage) in sources.items():
@@ -270,7 +281,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lstmgen-compare-cells"))
     parser.add_argument("--no-write", action="store_true", help="do not write docs/cells.md")
+    parser.add_argument("--render-only", action="store_true", help="re-render WORKDIR/results.json (of a run with the same options) and write docs/cells.md")
     args = parser.parse_args()
+    if args.render_only:
+        summary = json.loads((args.workdir / "results.json").read_text(encoding="utf-8"))
+        markdown = render(summary, args)
+        print(markdown)
+        if not args.no_write:
+            write_section(markdown)
+        return
     args.workdir.mkdir(parents=True, exist_ok=True)
     do_corpora, do_memory = args.only in (None, "corpora"), args.only in (None, "memory")
     started = time.time()
@@ -278,22 +297,26 @@ def main() -> None:
 
     from lstmgen.data import TokenizedCorpus
 
-    # Shared settings: char-level, embedding 128, 2 layers, lstm H = 192 (≈ 0.6M parameters with
-    # Shakespeare's vocabulary); the memory test: embedding 64, 1 layer, lstm H = 128.
-    settings = {"corpora": dict(embedding=128, layers=2, lstm_hidden=192, batch_size=32, seq_len=128, lr=3e-3, dropout=0.0, budget=args.budget,
-                                validations=2, val_max_tokens=200_000),
-                "memory": dict(embedding=64, layers=1, lstm_hidden=128, batch_size=32, seq_len=128, lr=3e-3, dropout=0.0, budget=args.memory_budget,
-                               validations=2, val_max_tokens=100_000)}
+    # Shared settings: char-level, embedding 64, 2 layers, lstm H = 128, batches of 16 × 64 tokens
+    # (small batches: in a budget of a minute, the number of updates decides whether a model gets
+    # past the first plateau, at the unigram loss); the memory test: 1 layer, embedding 64, H = 128.
+    # The memory test unties the head: with tied weights the 16 keys, which are equally likely
+    # wherever they are predicted, are pushed towards one shared embedding and become hard to tell
+    # apart as inputs.
+    settings = {"corpora": dict(embedding=64, layers=2, lstm_hidden=128, tie=True, batch_size=16, seq_len=64, lr=3e-3, dropout=0.0, budget=args.budget,
+                                validations=1, val_max_tokens=60_000),
+                "memory": dict(embedding=64, layers=1, lstm_hidden=128, tie=False, batch_size=16, seq_len=64, lr=3e-3, dropout=0.0,
+                               budget=args.memory_budget, validations=1, val_max_tokens=60_000)}
     jobs = []
     names = (args.corpora if do_corpora else []) + (["memory"] if do_memory else [])
     for name in names:
         kind = "memory" if name == "memory" else "corpora"
         s = settings[kind]
         vocab = TokenizedCorpus.open(directories[name]).meta["vocab_size"]
-        target = parameter_count("lstm", vocab, s["embedding"], s["lstm_hidden"], s["layers"])
+        target = parameter_count("lstm", vocab, s["embedding"], s["lstm_hidden"], s["layers"], s["tie"])
         for seed in args.seeds:
             for cell in args.cells:
-                hidden = s["lstm_hidden"] if cell == "lstm" else matched_hidden(cell, target, vocab, s["embedding"], s["layers"])
+                hidden = s["lstm_hidden"] if cell == "lstm" else matched_hidden(cell, target, vocab, s["embedding"], s["layers"], s["tie"])
                 jobs.append({"kind": kind, "corpus": name, "cell": cell, "seed": seed, "hidden": hidden, "tokens": str(directories[name]),
                              "output": str(args.workdir / name / f"{cell}-s{seed}.lstmgen"), "threads": args.threads,
                              **{k: v for k, v in s.items() if k != "lstm_hidden"}})
@@ -321,6 +344,17 @@ def main() -> None:
         write_section(markdown)
 
 
+def train_loss_at(result: dict[str, Any], step: int, window: int = 50) -> float | None:
+    """Mean training loss (bits per token) over steps step−window+1 … step of a run's metrics log."""
+    path = Path(result["output"] + ".run") / "metrics.jsonl"
+    try:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, ValueError):
+        return None
+    losses = [r["loss"] for r in records if r.get("type") == "train" and step - window < r["step"] <= step]
+    return statistics.fmean(losses) / math.log(2) if losses else None
+
+
 def _mean_spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     spread = (max(values) - min(values)) / 2
@@ -333,9 +367,10 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"Command: `python benchmarks/compare_cells.py --budget {args.budget:g} --memory-budget {args.memory_budget:g} --seeds {seeds}`"
              f" ({len(results)} runs, {args.workers} at a time, {args.threads} thread each; {summary['wall_seconds'] / 60:.0f} min wall).", ""]
     corpora = [c for c in args.corpora if any(r["corpus"] == c for r in results)]
+    common = {c: min(r["steps"] for r in results if r["corpus"] == c) for c in corpora + ["memory"] if any(r["corpus"] == c for r in results)}
     if corpora:
-        lines += ["| corpus | cell | H | parameters | val bits/char (mean ± half-range) | training tokens per CPU-s | steps | tokens seen | train CPU-s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| corpus | cell | H | parameters | val bits/char (mean ± half-range) | training tokens per CPU-s | steps | tokens seen | train CPU-s | max \\|state\\| carried |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for corpus in corpora:
             for cell in args.cells:
                 runs = [r for r in results if r["corpus"] == corpus and r["cell"] == cell]
@@ -343,14 +378,25 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
                     continue
                 lines.append(f"| {corpus} | {cell} | {runs[0]['hidden']} | {runs[0]['parameters']:,} | {_mean_spread([r['best_val_bits_per_char'] for r in runs])} | "
                              f"{statistics.fmean(r['tokens_per_cpu_s'] for r in runs):,.0f} | {statistics.fmean(r['steps'] for r in runs):.0f} | "
-                             f"{statistics.fmean(r['tokens_seen'] for r in runs) / 1e6:.2f}M | {statistics.fmean(r['train_cpu_s'] for r in runs):.0f} |")
+                             f"{statistics.fmean(r['tokens_seen'] for r in runs) / 1e6:.2f}M | {statistics.fmean(r['train_cpu_s'] for r in runs):.0f} | "
+                             f"{max(r['carried_state_max'] or 0 for r in runs):,.1f} |")
+        lines += ["", "The same runs at an equal number of updates instead of equal CPU time: training loss in bits per token (≈ per "
+                  "character) over the 50 steps up to the step count of the slowest run (the schedules differ: each run decays its "
+                  "learning rate over its own length).", "",
+                  "| corpus | at step | " + " | ".join(args.cells) + " |", "|---|---:|" + "---:|" * len(args.cells)]
+        for corpus in corpora:
+            row = []
+            for cell in args.cells:
+                values = [v for v in (train_loss_at(r, common[corpus]) for r in results if r["corpus"] == corpus and r["cell"] == cell) if v is not None]
+                row.append(_mean_spread(values) if values else "—")
+            lines.append(f"| {corpus} | {common[corpus]} | " + " | ".join(row) + " |")
         lines.append("")
     memory = [r for r in results if r["kind"] == "memory"]
     if memory:
         optimum = summary["memory"]["optimal_bits_per_char"]
         lines += [f"Memory test: optimal {optimum:.4f} bits/char (exact entropy rate; {summary['memory']['test_lines']} test lines, "
                   f"{summary['memory']['test_chars']:,} characters). A model that never recalls pays 4 more bits per line "
-                  f"(+{4 / (1 / GAP_END + 3):.4f} bits/char).", "",
+                  f"(+{4 / (mean_gap() + 4):.4f} bits/char).", "",
                   "| cell | H | parameters | test bits/char | above optimal | recall accuracy | recall bits (optimal 0, chance 4) | tokens per CPU-s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
         for cell in args.cells:
@@ -365,7 +411,7 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
                   "| gap | lines | " + " | ".join(c for c in args.cells if any(r["cell"] == c for r in memory)) + " |",
                   "|---|---:|" + "---:|" * len([c for c in args.cells if any(r["cell"] == c for r in memory)])]
         for index, (low, high) in enumerate(GAP_BINS):
-            label = f"{low}–{high - 1}" if high < 10**9 else f"≥ {low}"
+            label = f"{low}–{high - 1}"
             count = memory[0]["memory"]["by_gap"][index]["lines"]
             cells_text = []
             for cell in args.cells:

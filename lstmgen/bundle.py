@@ -378,6 +378,8 @@ def _parse_meta(data: bytes, path: Path) -> tuple[dict[str, Any], ModelConfig]:
     config = from_dict(ModelConfig, meta.get("model"), what=f"{path}: model config")
     config.validate()
     _check_informational(meta, path)
+    # Keys missing from `model` take their defaults; consumers (`lstmgen info`) see the complete, checked values.
+    meta["model"] = to_dict(config)
     return meta, config
 
 

@@ -51,11 +51,15 @@ Examples:\n
 EXAMPLES_EVAL = """
 Examples:\n
   lstmgen eval -m shakespeare.lstmgen held-out.txt\n
-  lstmgen eval -m shakespeare.lstmgen held-out.txt --json | jq .bits_per_char
+  lstmgen eval -m shakespeare.lstmgen held-out.txt --json | jq .bits_per_char\n
+  lstmgen eval -m shakespeare.lstmgen held-out.txt --heatmap --html heatmap.html\n
+  lstmgen eval -m shakespeare.lstmgen held-out.txt --per-token | jq -c 'select(.surprisal_bits > 10)'
 """
 DOCUMENTS_HELP = "Where documents end (an end-of-text token follows each): file (each corpus file is one document) or blank-line (a run of blank lines also ends one, e.g. one poem per paragraph)."
 EXAMPLES_INFO = """
-Example:\n
+Examples:\n
+  lstmgen info shakespeare.lstmgen\n
+  lstmgen info shakespeare.lstmgen --plot curves.png\n
   lstmgen info shakespeare.lstmgen --json
 """
 
@@ -1081,7 +1085,7 @@ EXAMPLES_INSPECT = """
 Examples:\n
   lstmgen inspect -m shakespeare.lstmgen held-out.txt --find\n
   lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137\n
-  lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137 --state h --html cell.html
+  lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137 --html cell.html
 """
 
 
@@ -1201,7 +1205,8 @@ def _show_find(acts: Any, pieces: list[Any], kinds: tuple[str, ...], top: int, p
         payload = {
             "file": str(path), "pieces": len(pieces), "tokens": len(acts.ids) - 1, "cell": config.cell, "layers": config.num_layers,
             "hidden_size": config.hidden_size, "states": list(kinds), "chance_r": round(chance, 4),
-            "features": [{"name": m.name, "description": m.description, "mean": round(m.mean, 4), "top": [c.as_dict() for c in m.top]} for m in matches],
+            "features": [{"name": m.name, "description": m.description, "context": m.context, "mean": round(m.mean, 4),
+                          "top": [c.as_dict() for c in m.top]} for m in matches],
             "constant_features": constant,
         }
         _write_stdout(json.dumps(payload, ensure_ascii=False) + "\n")
@@ -1212,20 +1217,23 @@ def _show_find(acts: Any, pieces: list[Any], kinds: tuple[str, ...], top: int, p
     console = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False, width=None if sys.stdout.isatty() else 140)
     states = " and ".join(f"{STATE_LABELS[k]} ({k})" for k in kinds)
     table = Table(title=f"cells that track features of {path.name}: {len(pieces):,} pieces, {states} of {config.num_layers}×{config.hidden_size} cells",
-                  title_justify="left", caption=f"r: correlation over the pieces; |r| above {chance:.3f} is unlikely by chance. "
+                  title_justify="left", caption=f"Above the line: features of the context (a cell needs memory to track them); below: of the piece just read. "
+                                                f"r: correlation over the pieces; |r| above {chance:.3f} is unlikely by chance. "
                                                 "LAYER:CELL counts from 0, as --neuron takes it.", caption_justify="left")
     table.add_column("feature")
     table.add_column("what it measures")
     for rank in range(top):
         table.add_column("best cell" if rank == 0 else f"#{rank + 1}", justify="right")
-    for m in matches:
+    for position, m in enumerate(matches):
+        if position and m.context != matches[position - 1].context:
+            table.add_section()
         cells = [f"{c.layer}:{c.index} {c.kind} {c.r:+.2f}" for c in m.top] + [""] * (top - len(m.top))
         table.add_row(m.name, m.description, *cells)
     console.print(table)
     if constant:
         _info(f"features constant over this text (nothing to correlate): {', '.join(constant)}")
     if matches and matches[0].top:
-        best = matches[0].top[0]
+        best = matches[0].top[0]  # the strongest context feature's cell when there is one
         hint_model = f" -m {model}" if model else ""
         _info(f"see one: lstmgen inspect{hint_model} {path} --neuron {best.layer}:{best.index} --state {best.kind}")
 
@@ -1294,6 +1302,13 @@ def main(argv: list[str] | None = None) -> None:
         _error("interrupted", 130)
     except BrokenPipeError:
         _exit_quietly(0)
+    except SystemExit:
+        # Click turns a broken pipe anywhere inside a command (`lstmgen --help | head -1`) into sys.exit(1)
+        # after wrapping the streams in PacifyFlushWrapper: end quietly with 0, as _write_stdout does.
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _silence_stdout()
+            _exit_quietly(0)
+        raise
     except MemoryError:
         _error("out of memory; use a smaller model, --batch-size or input", 1)
     except OSError as error:

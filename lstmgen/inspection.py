@@ -225,18 +225,23 @@ FEATURES: dict[str, str] = {
     "bracket_depth": "how many ( [ { are open",
     "position_in_line": "characters since the last line break",
     "position_in_word": "letters since the last non-letter",
+    "caps_line": "in a line of capitals so far (speaker name, heading)",
     "after_newline": "the piece ends a line (the next one starts a line)",
     "line_start": "the piece is the first of its line",
     "whitespace": "the piece ends with a space or tab",
-    "word_inside": "the piece ends inside a word (a letter follows no space)",
+    "word_inside": "the piece ends with a letter",
     "digit": "the piece contains a digit",
     "uppercase": "the piece's letters are all capitals",
-    "capitalized": "the piece starts with a capital followed by small letters",
+    "capitalized": "the piece is a capitalized word (Capital, small letters)",
     "punctuation": "the piece is punctuation",
-    "sentence_end": "the piece ends a sentence (. ! ? and their CJK forms)",
+    "sentence_end": "the piece ends a sentence (. ! ? 。！？)",
     "cjk": "the piece is CJK (Chinese, Japanese, Korean) rather than other script",
-    "latin": "the piece contains Latin letters (with cjk: which script)",
+    "latin": "the piece contains Latin letters",
 }
+#: Features of the context read so far (a cell must remember something to track them); the others
+#: describe the piece just read, which the input itself tells the network.
+CONTEXT_FEATURES = frozenset({"in_quotes", "in_single_quotes", "in_parentheses", "in_brackets", "bracket_depth", "position_in_line",
+                              "position_in_word", "caps_line"})
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {v: k for k, v in _OPENERS.items()}
 _SENTENCE_END = set(".!?。！？")
@@ -263,6 +268,7 @@ def text_features(pieces: Sequence[str]) -> dict[str, np.ndarray]:
     depth = {"(": 0, "[": 0, "{": 0}
     column = 0
     word = 0
+    caps = None  # the current line's letters so far: None = no letter yet, True = all capitals
     previous = "\n"
     for index, piece in enumerate(pieces):
         starts_line = previous == "\n"
@@ -287,7 +293,10 @@ def text_features(pieces: Sequence[str]) -> dict[str, np.ndarray]:
                 depth[char] += 1
             elif char in _CLOSERS:
                 depth[_CLOSERS[char]] = max(0, depth[_CLOSERS[char]] - 1)
+            if char.isalpha() and char.upper() != char.lower():
+                caps = (caps is not False) and char.isupper()
             if char == "\n":
+                caps = None
                 column = 0
                 in_single = False  # an unmatched apostrophe-quote does not run past the line
             else:
@@ -304,6 +313,7 @@ def text_features(pieces: Sequence[str]) -> dict[str, np.ndarray]:
         values["bracket_depth"][index] = sum(depth.values())
         values["position_in_line"][index] = column
         values["position_in_word"][index] = word
+        values["caps_line"][index] = caps is True
         values["after_newline"][index] = piece.endswith("\n")
         values["line_start"][index] = starts_line and bool(piece)
         values["whitespace"][index] = piece[-1:] in (" ", "\t")
@@ -340,6 +350,11 @@ class FeatureMatches:
     top: list[CellMatch] = field(default_factory=list)
 
     @property
+    def context(self) -> bool:
+        """Whether the feature is about the context (needs memory) rather than the piece just read."""
+        return self.name in CONTEXT_FEATURES
+
+    @property
     def best(self) -> float:
         return abs(self.top[0].r) if self.top else 0.0
 
@@ -359,6 +374,7 @@ def find_cells(acts: Activations, positions: Sequence[int], features: dict[str, 
                kinds: Sequence[str] | None = None) -> tuple[list[FeatureMatches], list[str]]:
     """For each feature, the `top` cells whose activation correlates most (by |r|) with it.
 
+    Context features (`CONTEXT_FEATURES`) come first, then the others, each group strongest first.
     `positions` are the activation positions of the pieces the features describe (each piece's
     last token). Returns the matches, strongest first, and the features left out because they
     are constant over the text (nothing to correlate with).
@@ -381,7 +397,7 @@ def find_cells(acts: Activations, positions: Sequence[int], features: dict[str, 
                 candidates.append(CellMatch(layer, int(cell), kind, float(r[cell])))
         candidates.sort(key=lambda m: -abs(m.r))
         matches.append(FeatureMatches(name, FEATURES.get(name, name), float(feature.mean()), candidates[:top]))
-    matches.sort(key=lambda m: -m.best)
+    matches.sort(key=lambda m: (not m.context, -m.best))
     return matches, constant
 
 

@@ -15,6 +15,7 @@ hidden states have different ranges, and one shared scale would crush the smalle
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -64,25 +65,36 @@ class Int8Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (rows, in) float → (rows, out) float."""
-        row_scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
-        quantized = torch.round(x / row_scale).to(torch.int8)
+        return self.matmul(*quantize_activations(x))
+
+    def matmul(self, quantized: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
+        """The product for rows already quantized: int8 (rows, in) and their scales (rows, 1)."""
         accumulated = torch._int_mm(quantized, self.weight_t)
-        out = accumulated * (row_scale * self.scale)
         if self.bias is not None:
-            out.add_(self.bias)
-        return out
+            return torch.addcmul(self.bias, accumulated, row_scale * self.scale)
+        return accumulated * (row_scale * self.scale)
 
 
-def reorder_gates(tensor: torch.Tensor) -> torch.Tensor:
-    """PyTorch's LSTM gate order (i, f, g, o) → (i, f, o, g): the three sigmoid gates side by side."""
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (int8 (rows, in), float scale (rows, 1))."""
+    row_scale = torch.linalg.vector_norm(x, ord=math.inf, dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
+    return torch.round(x / row_scale).to(torch.int8), row_scale
+
+
+def reorder_gates(tensor: torch.Tensor, sigmoid_scale: float = 1.0) -> torch.Tensor:
+    """PyTorch's LSTM gate order (i, f, g, o) → (i, f, o, g): the three sigmoid gates side by side,
+    optionally multiplied by `sigmoid_scale`."""
     i, f, g, o = tensor.chunk(4, dim=0)
-    return torch.cat([i, f, o, g], dim=0)
+    return torch.cat([i * sigmoid_scale, f * sigmoid_scale, o * sigmoid_scale, g], dim=0)
 
 
 def lstm_pointwise_exact(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LSTM cell update from reordered gates (i, f, o, g), with batch-independent rounding."""
+    """LSTM cell update from reordered gates (i/2, f/2, o/2, g), with batch-independent rounding.
+
+    The sigmoid gates arrive halved (the weights were, exactly: a power of two leaves the int8
+    values unchanged), so σ(a) = (1 + tanh(a/2)) / 2 costs three element-wise passes."""
     hidden = c.shape[-1]
-    sig = gates[:, : 3 * hidden].mul(0.5).tanh_().mul_(0.5).add_(0.5)
+    sig = gates[:, : 3 * hidden].tanh_().mul_(0.5).add_(0.5)
     g = gates[:, 3 * hidden :].tanh()
     c = sig[:, hidden : 2 * hidden] * c
     c.add_(sig[:, :hidden] * g)
@@ -104,16 +116,26 @@ class Int8LSTMLanguageModel:
         self.config = config
         rnn = model.rnn
         with torch.no_grad():
-            self.embedding = model.embedding.weight.detach().float().clone()
+            # Embedding rows are layer 0's only input: quantized once (the start id reads as zeros).
+            from .model import START_ID
+
+            embedding = model.embedding.weight.detach().float().clone()
+            embedding[START_ID] = 0.0
+            self.embedding_q, scale = quantize_rows(embedding)
+            self.embedding_scale = scale.unsqueeze(1)
+            self.embedding_size = embedding.shape[1]
             self.layers: list[tuple[Int8Linear, Int8Linear]] = []
             for layer in range(config.num_layers):
-                w_ih = reorder_gates(getattr(rnn, f"weight_ih_l{layer}"))
-                w_hh = reorder_gates(getattr(rnn, f"weight_hh_l{layer}"))
-                bias = reorder_gates(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+                w_ih = reorder_gates(getattr(rnn, f"weight_ih_l{layer}"), 0.5)
+                w_hh = reorder_gates(getattr(rnn, f"weight_hh_l{layer}"), 0.5)
+                bias = reorder_gates(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"), 0.5)
                 self.layers.append((Int8Linear(w_ih, bias), Int8Linear(w_hh)))
             self.projection = Int8Linear(model.projection.weight) if model.projection is not None else None
             self.head = Int8Linear(model.head.weight, model.head.bias)
         self.hidden = config.hidden_size
+        # Each new h feeds the next layer now and its own layer at the next step: quantized once,
+        # kept with the state `step` returned (numbers are the same as quantizing it twice).
+        self._quantized_state: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def eval(self) -> Int8LSTMLanguageModel:
         return self
@@ -123,17 +145,11 @@ class Int8LSTMLanguageModel:
         """Bytes of weights read to produce one token (embedding: one row)."""
         total = sum(ih.nbytes + hh.nbytes for ih, hh in self.layers) + self.head.nbytes
         total += self.projection.nbytes if self.projection is not None else 0
-        return total + 4 * self.embedding.shape[1]
+        return total + self.embedding_size + 4
 
     def initial_state(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.config.num_layers, batch_size, self.hidden)
         return torch.zeros(shape), torch.zeros(shape)
-
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        from .model import START_ID
-
-        x = self.embedding[tokens]
-        return x.masked_fill_((tokens == START_ID).unsqueeze(-1), 0.0)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         if self.projection is not None:
@@ -144,24 +160,43 @@ class Int8LSTMLanguageModel:
     def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """tokens (batch,) → logits (batch, vocab) and the new state."""
         h_all, c_all = state
-        x = self._embed(tokens)
-        new_h, new_c = [], []
+        cached = self._quantized_state
+        previous = cached[1] if cached is not None and cached[0] is h_all else None
+        new_h, new_c, quantized = [], [], []
+        x = x_q = None
         for layer, (ih, hh) in enumerate(self.layers):
-            gates = ih(x).add_(hh(h_all[layer]))
+            if layer == 0:
+                inputs = ih.matmul(self.embedding_q[tokens], self.embedding_scale[tokens])
+            else:
+                inputs = ih.matmul(*x_q)
+            h_q = previous[layer] if previous is not None else quantize_activations(h_all[layer])
+            gates = inputs.add_(hh.matmul(*h_q))
             x, c = lstm_pointwise_exact(gates, c_all[layer])
+            x_q = quantize_activations(x)
             new_h.append(x)
             new_c.append(c)
-        return self._head(x), (torch.stack(new_h), torch.stack(new_c))
+            quantized.append(x_q)
+        if self.projection is not None:
+            logits = self.head(self.projection(x))
+        else:
+            logits = self.head.matmul(*x_q)
+        new_state = (torch.stack(new_h), torch.stack(new_c))
+        self._quantized_state = (new_state[0], quantized)
+        return logits, new_state
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """tokens (batch, time) → logits (batch, time, vocab) and the state after the last token."""
         batch, time = tokens.shape
         h_all, c_all = state if state is not None else self.initial_state(batch)
-        x = self._embed(tokens)
+        flat = tokens.reshape(-1)
         new_h, new_c = [], []
+        x = None
         for layer, (ih, hh) in enumerate(self.layers):
-            inputs = ih(x.reshape(batch * time, -1)).view(batch, time, -1)
+            if layer == 0:
+                inputs = ih.matmul(self.embedding_q[flat], self.embedding_scale[flat]).view(batch, time, -1)
+            else:
+                inputs = ih(x.reshape(batch * time, -1)).view(batch, time, -1)
             h, c = h_all[layer], c_all[layer]
             outputs = []
             for t in range(time):

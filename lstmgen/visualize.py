@@ -280,7 +280,11 @@ _PAGE_JS = r"""
   }
   function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]; }); }
   function vis(s) { return s.replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/ /g, "\u00b7"); }
-  function fmt(v, digits) { return typeof v === "number" ? (digits === "pct" ? (100 * v).toFixed(2) + "%" : v.toFixed(digits)) : String(v); }
+  function fmt(v, digits) {
+    if (typeof v !== "number") return String(v);
+    if (digits !== "pct") return v.toFixed(digits);
+    return v >= 1e-4 || v <= 0 ? (100 * v).toFixed(2) + "%" : "1 in " + Math.round(1 / v).toLocaleString("en-US");
+  }
   var text = document.getElementById("text");
   text.addEventListener("mouseover", function (e) { var el = e.target.closest(".t"); if (el && !pinned) show(el, e.clientX, e.clientY); });
   text.addEventListener("mouseout", function (e) { if (!pinned && !(e.relatedTarget && e.relatedTarget.closest && e.relatedTarget.closest(".t"))) tip.hidden = true; });
@@ -292,7 +296,14 @@ _PAGE_JS = r"""
   });
   // #span=N pins the tooltip of span N (for links and screenshots).
   var m = /span=(\d+)/.exec(location.hash);
-  if (m) { var el = text.querySelector('.t[data-i="' + m[1] + '"]'); if (el) { pinned = el; el.classList.add("pinned"); el.scrollIntoView({block: "center"}); show(el); } }
+  if (m) {
+    var el = text.querySelector('.t[data-i="' + m[1] + '"]');
+    if (el) {
+      var box = el.getBoundingClientRect();
+      if (box.top < 0 || box.bottom > window.innerHeight - 24) el.scrollIntoView({block: "center"});
+      pinned = el; el.classList.add("pinned"); show(el);
+    }
+  }
   document.body.setAttribute("data-ready", String(text.querySelectorAll(".t").length));
 })();
 """

