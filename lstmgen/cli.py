@@ -1317,8 +1317,8 @@ def main(argv: list[str] | None = None) -> None:
         # A full disk (or a file-size limit) hit by a write that is not one of the atomic writes.
         if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise
-        where = f" {error.filename}" if error.filename else ""
-        _error(f"could not write{where}: {error.strerror}; free disk space or choose another location", 2)
+        where = error.filename or "the output"
+        _error(f"could not write {where}: {error.strerror}; free disk space or choose another location", 2)
     except RuntimeError as error:
         # PyTorch reports a failed allocation as a RuntimeError (torch.cuda.OutOfMemoryError is one too).
         text = str(error)

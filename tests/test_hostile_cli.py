@@ -15,11 +15,9 @@ the reason, so that they turn into failures (and are noticed) as soon as they ar
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SHAKESPEARE
+from .conftest import SHAKESPEARE
 
 IS_ROOT = os.geteuid() == 0
 TRAIN_FAST = ["--hidden-size", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "32", "--vocab-size", "400"]
@@ -184,6 +182,13 @@ def _huge_line_invalid_at_end(ws: Path) -> None:
         handle.write(b"\xff")
 
 
+def _huge_valid_line(ws: Path) -> None:
+    """50 MB of text without a single newline, read whole (to count its characters) and refused quickly."""
+    with open(ws / "line.txt", "wb") as handle:
+        for _ in range(LINE_BYTES // len(LINE_BLOCK)):
+            handle.write(LINE_BLOCK)
+
+
 def _truncated(fraction: float) -> Callable[[Path], None]:
     def make(ws: Path) -> None:
         data = (ws / "model.lstmgen").read_bytes()
@@ -262,6 +267,8 @@ CASES = [
          setup=_write("u16.txt", b"\xfe\xff" + "ROMEO: hello\n".encode("utf-16-be"))),
     Case("corpus-50mb-line-invalid-at-end", ["tokenize", "{w}/line.txt", "-o", "{w}/t.tok"], f"byte offset {LINE_BYTES})",
          setup=_huge_line_invalid_at_end, rlimit_as=3 << 30),
+    Case("corpus-50mb-line-vocab-too-small", ["tokenize", "{w}/line.txt", "--vocab-size", "100", "-o", "{w}/t.tok"], "use --vocab-size",
+         setup=_huge_valid_line, rlimit_as=3 << 30),
     Case("corpus-is-a-bundle", ["train", "{b}", "-o", "{w}/m.lstmgen"], "--init-from"),
     Case("corpus-smaller-than-a-validation-split", ["tokenize", "{w}/tiny.txt", "-o", "{w}/t.tok"], "too small",
          setup=_write("tiny.txt", b"hi there\n"), progress_ok=True),
@@ -424,6 +431,59 @@ CASES = [
     Case("resume-checkpoint-of-another-vocabulary", ["train", "{c}", "-o", "{w}/run.lstmgen", "--resume", "--max-steps", "30"], "without --resume",
          extra={"checkpoint": "other-vocab"}, progress_ok=True, xfail=OTHER_VOCAB_RESUME),
 ]
+
+
+# -- every numeric option at 0, negative, NaN, inf and absurdly large -----------------------------------
+#
+# option: (kind, values that are valid and so not tried here, xfail reason for the rest or None).
+# A new numeric option belongs here too.
+
+ABSURD = {"int": "1" + "0" * 30, "float": "1e30", "duration": "1e30"}
+NUMERIC_OPTIONS: dict[str, dict[str, tuple[str, set[str], str | None]]] = {
+    "tokenize": {
+        "--vocab-size": ("int", set(), None), "--character-coverage": ("float", set(), None), "--val-fraction": ("float", set(), None),
+    },
+    "train": {
+        "--vocab-size": ("int", set(), None), "--hidden-size": ("int", set(), MODEL_SIZE_LATE), "--embedding-size": ("int", set(), MODEL_SIZE_LATE),
+        "--layers": ("int", set(), MODEL_SIZE_LATE), "--dropout": ("float", {"0"}, MODEL_SIZE_LATE), "--batch-size": ("int", set(), None),
+        "--seq-len": ("int", set(), None), "--lr": ("float", set(), None), "--weight-decay": ("float", {"0"}, None),
+        "--warmup-steps": ("int", {"0"}, None), "--grad-clip": ("float", set(), None), "--max-time": ("duration", set(), None),
+        "--max-steps": ("int", set(), None), "--epochs": ("float", set(), None), "--val-fraction": ("float", set(), None),
+        "--val-every": ("int", set(), None), "--seed": ("int", {"0"}, None), "--threads": ("int", set(), None),
+        "--checkpoint-every": ("duration", set(), None), "--log-every": ("int", set(), None),
+    },
+    "sample": {
+        "--temp": ("float", {"0"}, None), "--top-k": ("int", {"0", ABSURD["int"]}, None), "--top-p": ("float", set(), None),
+        "--min-p": ("float", {"0"}, None), "--repetition-penalty": ("float", set(), None), "--repetition-window": ("int", set(), None),
+        "--max-tokens": ("int", {"0"}, None), "--max-chars": ("int", {"0"}, None), "-n": ("int", set(), None),
+        "--seed": ("int", {"0"}, None), "--threads": ("int", set(), None),
+    },
+    "eval": {"--streams": ("int", set(), None), "--threads": ("int", set(), None)},
+}
+COMMAND_LINES = {
+    "tokenize": ["tokenize", "{c}", "-o", "{w}/t.tok"],
+    "train": ["train", "{c}", "-o", "{w}/m.lstmgen", "--max-steps", "1", "--vocab-size", "400"],
+    "sample": ["sample", "-m", "{b}", "--max-tokens", "3"],
+    "eval": ["eval", "-m", "{b}", "{c}"],
+}
+
+
+def _numeric_cases() -> list[Case]:
+    cases = []
+    for command, options in NUMERIC_OPTIONS.items():
+        for option, (kind, valid, late) in options.items():
+            for value in ("0", "-1", "nan", "inf", ABSURD[kind]):
+                if value in valid:
+                    continue
+                # nan and inf are not integers: Typer refuses them while parsing, before any late check.
+                xfail = late if late and not (kind == "int" and value in ("nan", "inf")) else None
+                name = "inf" if value == "inf" else "absurd" if value == ABSURD[kind] else value
+                cases.append(Case(f"{command}{option}={name}", [*COMMAND_LINES[command], option, value], option, xfail=xfail,
+                                  progress_ok=xfail is not None))
+    return cases
+
+
+CASES += _numeric_cases()
 
 
 def _prepare(case: Case, ws: Path, tiny_bundle: Path, other_run: Path | None) -> list[str]:
@@ -659,6 +719,16 @@ def test_full_disk_while_saving_the_bundle_keeps_the_previous_bundle(fast_cli, s
     assert "m.lstmgen" in result.stderr.splitlines()[-1] and "free disk space" in result.stderr
     assert (tmp_path / "m.lstmgen").read_bytes() == bundle
     assert _no_temp_files(tmp_path) == []
+
+
+def test_full_disk_while_writing_stdout_to_a_file(fast_cli, tiny_bundle: Path, tmp_path: Path) -> None:
+    """`lstmgen sample > out.txt` on a full disk: one clear line, not a traceback (stdout holds what fitted)."""
+    result = fast_cli("sample", "-m", str(tiny_bundle), "--temp", "0", "--max-tokens", "5000", cwd=tmp_path, rlimits={"RLIMIT_FSIZE": 2000})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not write") and "free disk space" in lines[0], result.stderr
+    assert len(result.stdout_bytes) <= 2000
 
 
 # -- memory under pressure ------------------------------------------------------------------------------
