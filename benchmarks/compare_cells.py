@@ -1,8 +1,12 @@
 """Compare the recurrent cells (lstm, gru, paper) at an equal parameter count and CPU-time budget.
 
-    python benchmarks/compare_cells.py                   # the documented run (about 15–20 min on 2 free cores)
-    python benchmarks/compare_cells.py --budget 600 --memory-budget 300 --seeds 1 2 3
+    python benchmarks/compare_cells.py                   # the documented run: 30 / 15 CPU-s per run, seeds 1 2
+    python benchmarks/compare_cells.py --budget 900 --memory-budget 600 --seeds 1 2 3
     python benchmarks/compare_cells.py --only memory     # just the long-range memory test
+    python benchmarks/compare_cells.py --render-only     # rewrite docs/cells.md from WORKDIR/results.json
+
+The documented run needs 18 × (budget + ~5) CPU-seconds: about 11 minutes on two free cores
+(it took 21 on a shared machine).
 
 Part 1, language modelling: char-level models (SentencePiece `char` tokenizer) on tiny Shakespeare
 and on the Tang poems (corpora/), each cell trained with lstmgen's Trainer for the same budget of
@@ -14,8 +18,8 @@ first times a few training steps of its own model (CPU time, one thread) and get
 held-out tail), mean ± half-range over the seeds, and training tokens per CPU-second.
 
 Part 2, long-range memory: a synthetic corpus (`memory_text`) in which every line starts with a key
-letter that must be recalled after a gap of geometric length (mean 64, many over 128 = the BPTT
-window), with distractor key letters in the gap. Its entropy rate is known exactly
+letter that must be recalled after a gap of spaces whose length is log-uniform on 0…319 (28 % of
+the keys lie further back than the BPTT window of 64). Its entropy rate is known exactly
 (`optimal_bits_per_char`); the trained models are scored on a fresh test text: bits per character
 against that optimum, and recall (accuracy and bits of the recalled letter) by gap length.
 
@@ -271,8 +275,8 @@ def prepare_corpora(workdir: Path, names: list[str], memory: bool, memory_chars:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--budget", type=float, default=90.0, help="CPU seconds of training per run, language models (default 90)")
-    parser.add_argument("--memory-budget", type=float, default=60.0, help="CPU seconds of training per run, memory test (default 60)")
+    parser.add_argument("--budget", type=float, default=30.0, help="CPU seconds of training per run, language models (default 30)")
+    parser.add_argument("--memory-budget", type=float, default=15.0, help="CPU seconds of training per run, memory test (default 15)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
@@ -301,8 +305,8 @@ def main() -> None:
     # (small batches: in a budget of a minute, the number of updates decides whether a model gets
     # past the first plateau, at the unigram loss); the memory test: 1 layer, embedding 64, H = 128.
     # The memory test unties the head: with tied weights the 16 keys, which are equally likely
-    # wherever they are predicted, are pushed towards one shared embedding and become hard to tell
-    # apart as inputs.
+    # wherever they are predicted, are pushed towards one shared embedding, which could make them
+    # hard to tell apart as inputs.
     settings = {"corpora": dict(embedding=64, layers=2, lstm_hidden=128, tie=True, batch_size=16, seq_len=64, lr=3e-3, dropout=0.0, budget=args.budget,
                                 validations=1, val_max_tokens=60_000),
                 "memory": dict(embedding=64, layers=1, lstm_hidden=128, tie=False, batch_size=16, seq_len=64, lr=3e-3, dropout=0.0,

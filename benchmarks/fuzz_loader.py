@@ -50,13 +50,18 @@ def worker(seed: int, until: float, out: Path, seed_bundle: Path) -> None:
     tokenizer = load_bundle(seed_bundle).tokenizer
     current = out / f"current-{os.getpid()}.bin"
     scratch = Path(tempfile.mkdtemp(prefix="fuzz-"))
-    counts = {"ok": 0, "refused": 0, "text": 0, "findings": 0}
+    counts = {"ok": 0, "refused": 0, "text": 0, "findings": 0, "mutator_errors": 0}
     last_report = time.time()
     while time.time() < until:
         if rng.random() < 0.8:
             data = seed_data
-            for _ in range(rng.choice([1, 1, 1, 2, 3])):  # stacked mutations reach further
-                data = mutate_bundle(chooser, data)
+            try:
+                for _ in range(rng.choice([1, 1, 1, 2, 3])):  # stacked mutations reach further
+                    data = mutate_bundle(chooser, data)
+            except Exception:  # a bug in the fuzzer itself, not a finding about lstmgen
+                counts["mutator_errors"] += 1
+                traceback.print_exc()
+                continue
             kind, payload = "bundle", data
         else:
             alphabet = rng.choice([(0x20, 0x7E), (0, 0x2FF), (0x2500, 0x2600), (0x4E00, 0x4FFF), (0x1F300, 0x1F6FF), (0, 0x10FFFF)])
@@ -131,7 +136,7 @@ def main() -> int:
     seed_bundle = work / "seed.lstmgen"
     seed_bundle.write_bytes(build_seed_bundle(work))
     print(f"fuzzing for {args.minutes:g} min with {args.workers} worker(s), seed {seed}; findings go to {args.out}", file=sys.stderr)
-    totals = {"ok": 0, "refused": 0, "text": 0, "findings": 0, "crashes": 0}
+    totals = {"ok": 0, "refused": 0, "text": 0, "findings": 0, "mutator_errors": 0, "crashes": 0}
     generation = 0
     running: dict[int, tuple[subprocess.Popen, dict]] = {}
 

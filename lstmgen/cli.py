@@ -35,7 +35,8 @@ app = typer.Typer(
 EXAMPLES_TOKENIZE = """
 Examples:\n
   lstmgen tokenize corpora/tinyshakespeare.txt -o shakespeare.tok\n
-  lstmgen tokenize poems.txt --model-type char -o poems.tok
+  lstmgen tokenize poems.txt --model-type char -o poems.tok\n
+  lstmgen tokenize corpora/tang-poems.simplified.txt --documents blank-line -o tang.tok
 """
 EXAMPLES_TRAIN = """
 Examples:\n
@@ -46,7 +47,9 @@ Examples:\n
 EXAMPLES_SAMPLE = """
 Examples:\n
   lstmgen sample -m shakespeare.lstmgen --prompt "ROMEO:" --temp 0.8 --max-tokens 300 | head -20\n
-  echo "JULIET:" | lstmgen sample -m shakespeare.lstmgen --prompt - -n 3 --seed 7
+  echo "JULIET:" | lstmgen sample -m shakespeare.lstmgen --prompt - -n 3 --seed 7\n
+  lstmgen sample -m tang.lstmgen -n 5 --format jsonl --quantize int8\n
+  lstmgen sample -m shakespeare.lstmgen --interactive --temp 0.8 --stop $'\\n\\n'
 """
 EXAMPLES_EVAL = """
 Examples:\n
@@ -571,7 +574,7 @@ def sample(
     max_chars: Optional[int] = typer.Option(None, help="Stop a sample after this many characters."),
     stop: list[str] = typer.Option([], "--stop", help="Stop a sample at this string (not printed); repeatable."),
     num_samples: int = typer.Option(1, "-n", "--num-samples", help="Samples to generate (as one batch)."),
-    separator: str = typer.Option("\n\n", help="Printed between samples in text format."),
+    separator: str = typer.Option("\n\n", help="Printed between samples in text format (default: a blank line).", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed; the same seed gives the same text."),
     output_format: str = typer.Option("text", "--format", help="text or jsonl (one JSON object per sample)."),
     echo_prompt: bool = typer.Option(True, "--echo-prompt/--no-echo-prompt", help="Print the prompt before its continuation (text format)."),

@@ -129,6 +129,11 @@ def child(request):
             fd = os.open(path, flags)
             os.dup2(fd, target)
             os.close(fd)
+        if request["stdout_closed"]:  # stdout is a pipe whose reader has already gone
+            read_end, write_end = os.pipe()
+            os.close(read_end)
+            os.dup2(write_end, 1)
+            os.close(write_end)
         for name, limit in request["rlimits"].items():
             resource.setrlimit(getattr(resource, name), (limit, limit))
         if request["unprivileged"] and os.geteuid() == 0 and not drop_root_file_powers():
@@ -213,10 +218,11 @@ class CliServer:
                                                 stderr=log, env={**os.environ, "NO_COLOR": "1"}, cwd=ROOT, text=True)
 
     def __call__(self, *args: str, cwd: Path | None = None, input: bytes | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 120, unprivileged: bool = False, rlimits: dict[str, int] | None = None) -> CliRun:
+                 timeout: float = 120, unprivileged: bool = False, rlimits: dict[str, int] | None = None,
+                 stdout_closed: bool = False) -> CliRun:
         """`rlimits` maps resource names (RLIMIT_AS, RLIMIT_FSIZE...) to a limit. `unprivileged`: subject the
         run to file permissions even as root (root keeps its uid but loses CAP_DAC_OVERRIDE and friends);
-        a run that cannot do that exits with CANNOT_DROP_ROOT."""
+        a run that cannot do that exits with CANNOT_DROP_ROOT. `stdout_closed`: stdout is a pipe nobody reads."""
         import tempfile
 
         full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
@@ -229,7 +235,8 @@ class CliServer:
         for path in (stdout_path, stderr_path):
             Path(path).touch()
         request = {"args": [str(a) for a in args], "cwd": str(cwd or self.scratch), "env": full_env, "stdin": stdin_path, "stdout": stdout_path,
-                   "stderr": stderr_path, "rlimits": rlimits or {}, "unprivileged": unprivileged, "timeout": timeout}
+                   "stderr": stderr_path, "rlimits": rlimits or {}, "unprivileged": unprivileged, "timeout": timeout,
+                   "stdout_closed": stdout_closed}
         try:
             if self.exec_mode:
                 reply = self._exec(request)
@@ -260,8 +267,14 @@ class CliServer:
 
         started = time.monotonic()
         with open(request["stdin"], "rb") as stdin, open(request["stdout"], "wb") as stdout, open(request["stderr"], "wb") as stderr:
-            process = subprocess.Popen([sys.executable, "-m", "lstmgen", *request["args"]], stdin=stdin, stdout=stdout, stderr=stderr,
-                                       env=request["env"], cwd=request["cwd"], preexec_fn=limit)
+            read_end, write_end = os.pipe()
+            os.close(read_end)
+            try:
+                process = subprocess.Popen([sys.executable, "-m", "lstmgen", *request["args"]], stdin=stdin,
+                                           stdout=write_end if request["stdout_closed"] else stdout, stderr=stderr,
+                                           env=request["env"], cwd=request["cwd"], preexec_fn=limit)
+            finally:
+                os.close(write_end)
         timed_out = False
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -288,7 +301,7 @@ class CliServer:
 
 @pytest.fixture(scope="session")
 def fast_cli(tmp_path_factory: pytest.TempPathFactory):
-    """`fast_cli(*args, cwd=, input=, env=, timeout=, user=, rlimits=)` -> CliRun, one process per call."""
+    """`fast_cli(*args, cwd=, input=, env=, timeout=, unprivileged=, rlimits=, stdout_closed=)` -> CliRun, one process per call."""
     server = CliServer(tmp_path_factory.mktemp("cli-server"), exec_mode=os.environ.get("LSTMGEN_TEST_EXEC") == "1")
     yield server
     server.close()

@@ -186,3 +186,19 @@ def test_document_text_matches_regex_split(tokenizer, tmp_path: Path) -> None:
     corpus = _encode(tokenizer, tmp_path, [text * 20], "blank-line")
     expected = [d + "\n" for d in re.split(r"\n(?:[ \t]*\n)+", (text * 20).rstrip("\n"))]
     assert _documents(corpus.tokens(), tokenizer) == expected
+
+
+def test_train_documents_option_and_tokenizer_directory(small_corpus: Path, tmp_path: Path) -> None:
+    import json
+
+    def dry_run(*args: str) -> dict:
+        result = cli("train", str(small_corpus), "-o", str(tmp_path / "m.lstmgen"), "--vocab-size", "400", "--hidden-size", "16",
+                     "--batch-size", "4", "--seq-len", "16", "--dry-run", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["tokenizer"]
+
+    assert dry_run("--documents", "blank-line")["documents"] == "blank-line"
+    made = cli("tokenize", str(small_corpus), "--documents", "blank-line", "--vocab-size", "400", "-o", str(tmp_path / "given.tok"))
+    assert made.returncode == 0, made.stderr
+    assert dry_run("--tokenizer", str(tmp_path / "given.tok"))["documents"] == "blank-line"  # the directory's own setting
+    assert dry_run("--tokenizer", str(tmp_path / "given.tok"), "--documents", "file")["documents"] == "file"

@@ -188,7 +188,7 @@ def mutate_json(c: Chooser, data: bytes) -> bytes:
     """Structural edits of a JSON document: replace, delete or add a value anywhere; or a textual edit."""
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return mutate_bytes(c, data)
     operation = c.int(0, 4)
     if operation == 4:
@@ -222,7 +222,7 @@ def mutate_safetensors(c: Chooser, data: bytes) -> bytes:
     try:
         header = json.loads(data[8 : 8 + length])
         names = [n for n in header if n != "__metadata__"]
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return mutate_bytes(c, data)
     body = data[8 + length :]
     operation = c.int(0, 5)

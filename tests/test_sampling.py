@@ -174,7 +174,7 @@ def test_filters_keep_exactly_the_reference_set(seed, vocab, rows, spread, tempe
     assert torch.equal(_kept(logits, options), _reference_keep(logits, options))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31), top_k=st.sampled_from([0, 2, 5]), top_p=st.sampled_from([1.0, 0.7]), temperature=st.sampled_from([0.5, 1.0]))
 def test_draws_stay_inside_the_kept_set(seed, top_k, top_p, temperature) -> None:
     logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(seed)) * 3
