@@ -400,13 +400,14 @@ def _check_informational(meta: dict[str, Any], path: Path) -> None:
     if dtype not in WEIGHTS_DTYPES:
         raise damaged(f"names weights dtype {dtype!r} (expected one of {', '.join(WEIGHTS_DTYPES)})")
     training = meta.get("training", {})
-    for key in ("steps", "tokens_seen", "best_val_step"):
+    # Each key may be absent; only the best_* keys may be null (docs/bundle-format.md, `training`).
+    for key, nullable in (("steps", False), ("tokens_seen", False), ("best_val_step", True)):
         value = training.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        if (key in training and not (nullable and value is None)) and (not isinstance(value, int) or isinstance(value, bool)):
             raise damaged(f"has training.{key} {value!r:.40}, not a whole number")
-    for key in ("elapsed_seconds", "best_val_loss", "best_val_bits_per_char"):
+    for key, nullable in (("elapsed_seconds", False), ("best_val_loss", True), ("best_val_bits_per_char", True)):
         value = training.get(key)
-        if value is not None and not is_finite_number(value):
+        if (key in training and not (nullable and value is None)) and not is_finite_number(value):
             raise damaged(f"has training.{key} {value!r:.40}, not a number")
     versions = meta.get("versions", {})
     if not all(isinstance(v, str) for v in versions.values()):

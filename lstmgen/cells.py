@@ -147,7 +147,6 @@ class _PaperLayer(torch.autograd.Function):
         return grad_projected, grad_h0 if ctx.needs_input_grad[1] else None, grad_weight_hh, grad_weight_ho
 
 
-@torch.compiler.disable
 def paper_layer(projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, weight_ho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One paper layer after its input projection: (T, B, 4H), (B, H) → outputs y (T, B, H), h_T (B, H).
 
@@ -158,6 +157,16 @@ def paper_layer(projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tens
     dtype = weight_hh.dtype
     with torch.autocast(projected.device.type, enabled=False):
         return _PaperLayer.apply(projected.to(dtype), h0.to(dtype), weight_hh, weight_ho.to(dtype))
+
+
+#: The paper layer as the model calls it. `prepare_for_compile` swaps in a version torch.compile
+#: leaves alone; doing that lazily keeps torch._dynamo (seconds to import) out of every start-up.
+_PAPER_LAYER = [paper_layer]
+
+
+def prepare_for_compile() -> None:
+    """Make torch.compile treat the paper layer as opaque (a graph break, as at nn.LSTM)."""
+    _PAPER_LAYER[0] = torch.compiler.disable(paper_layer)
 
 
 class PaperLSTM(nn.Module):
@@ -213,7 +222,7 @@ class PaperLSTM(nn.Module):
         for layer in range(self.num_layers):
             w_ih, w_hh, w_ho, bias = self.layer_weights(layer)
             projected = F.linear(layer_input, w_ih, bias)  # (T, B, 4H): one GEMM for the window
-            layer_input, last = paper_layer(projected, h0[layer], w_hh, w_ho)
+            layer_input, last = _PAPER_LAYER[0](projected, h0[layer], w_hh, w_ho)
             finals.append(last)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)

@@ -349,6 +349,7 @@ def train(
         train_config.val_fraction = val_fraction
     val_fraction = train_config.val_fraction
     train_config.validate()
+    _check_model_options(hidden_size, embedding_size, layers, dropout)
     device_obj = resolve_device(train_config.device)
     if train_config.threads:
         import torch
@@ -369,6 +370,7 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
             corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
                                               documents=documents)
+            _check_corpus_fits_a_batch(corpus_data.split, train_config)
         except BaseException:
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -424,6 +426,25 @@ def train(
             from .distributed import shutdown
 
             shutdown()
+
+
+def _check_model_options(hidden_size: Optional[int], embedding_size: Optional[int], layers: Optional[int], dropout: Optional[float]) -> None:
+    """Refuse impossible model sizes before any work (the rest of the config is known only later)."""
+    from .config import ModelConfig
+
+    probe = ModelConfig(vocab_size=2)
+    for name, value in {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout}.items():
+        if value is not None:
+            setattr(probe, name, value)
+    probe.validate()
+
+
+def _check_corpus_fits_a_batch(train_tokens: int, train_config: Any) -> None:
+    if (train_tokens - 1) // train_config.batch_size < train_config.seq_len:
+        raise LstmgenError(
+            f"the training split ({train_tokens} tokens) is shorter than one batch of {train_config.batch_size} streams × "
+            f"{train_config.seq_len + 1} tokens; give more text or lower --batch-size / --seq-len"
+        )
 
 
 def _dry_run_report(model_config: Any, train_config: Any, corpus_data: Any, device: Any) -> dict[str, Any]:
@@ -555,6 +576,10 @@ def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
             return data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise LstmgenError(f"the prompt on stdin is not valid UTF-8 (byte offset {error.start})") from None
+    try:
+        (prompt or "").encode("utf-8")
+    except UnicodeEncodeError as error:  # bytes the shell passed that are not UTF-8 arrive as surrogates
+        raise LstmgenError(f"--prompt is not valid UTF-8 (byte offset {len((prompt or '')[: error.start].encode('utf-8', 'surrogateescape'))}); pass UTF-8 text") from None
     return prompt or ""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import itertools
 import math
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +23,8 @@ from .data import CorpusReader, split_streams
 from .model import LSTMLanguageModel
 from .tokenizer import Tokenizer
 
+#: The most token positions one evaluation forward covers (all streams together).
+MAX_WINDOW_TOKENS = 8192
 #: Files with more tokens than this are cut into parallel streams (one per this many tokens).
 TOKENS_PER_STREAM = 200_000
 MAX_STREAMS = 64
@@ -45,18 +48,22 @@ def total_nll(
     if targets_total <= 0:
         return 0.0, 0
     parts = split_streams(targets_total, num_streams)
-    length = max(end - start for start, end in parts)
-    inputs = np.zeros((len(parts), length), dtype=np.int64)
-    targets = np.full((len(parts), length), -100, dtype=np.int64)
-    for row, (start, end) in enumerate(parts):
-        inputs[row, : end - start] = tokens[start:end]
-        targets[row, : end - start] = tokens[start + 1 : end + 1]
+    # Bound each forward's logits (streams × window × vocabulary floats) whatever the stream count.
+    seq_len = max(1, min(seq_len, MAX_WINDOW_TOKENS // len(parts)))
+    starts = np.array([start for start, _ in parts])
+    lengths = np.array([end - start for start, end in parts])
     state = None
     total = 0.0
     device = torch.device(device)
-    for begin in range(0, length, seq_len):
-        x = torch.from_numpy(inputs[:, begin : begin + seq_len]).to(device)
-        y = torch.from_numpy(targets[:, begin : begin + seq_len]).to(device)
+    # Windows are cut from the token array as they are needed: memory does not grow with the text.
+    for begin in range(0, int(lengths.max()), seq_len):
+        offsets = begin + np.arange(min(seq_len, int(lengths.max()) - begin))
+        index = np.minimum(starts[:, None] + offsets[None, :], targets_total - 1)
+        inputs = np.asarray(tokens[index], dtype=np.int64)
+        targets = np.asarray(tokens[index + 1], dtype=np.int64)
+        targets[offsets[None, :] >= lengths[:, None]] = -100
+        x = torch.from_numpy(inputs).to(device)
+        y = torch.from_numpy(targets).to(device)
         logits, state = model(x, state)
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum")
         total += float(loss)
@@ -69,15 +76,17 @@ def default_streams(num_tokens: int) -> int:
 
 def encode_text_stream(tokenizer: Tokenizer, lines: Iterable[str]) -> tuple[np.ndarray, int, int]:
     """[BOS] + ids of the text, with its size in bytes and characters; reads in batches."""
-    chunks = [np.array([tokenizer.bos_id], dtype=np.uint32)]
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    chunks = [np.array([tokenizer.bos_id], dtype=dtype)]
     batch: list[str] = []
     size = 0
     num_bytes = 0
     num_chars = 0
 
     def flush() -> None:
-        for ids in tokenizer.encode_batch(batch):
-            chunks.append(np.asarray(ids, dtype=np.uint32))
+        encoded = tokenizer.encode_batch(batch)
+        count = sum(len(ids) for ids in encoded)
+        chunks.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=count))
 
     for line in lines:
         batch.append(line)

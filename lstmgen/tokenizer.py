@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,12 @@ class Tokenizer:
             raise LstmgenError("the tokenizer model is not a valid SentencePiece model; retrain it with `lstmgen tokenize`") from None
         self.vocab_size = int(self._sp.get_piece_size())
         self._token_bytes = self._build_byte_table()
-        self._meta_ids = [self._byte_id(b) for b in META.encode("utf-8")]
+        # Characters SentencePiece cannot round-trip are split off and encoded as byte pieces:
+        # always its meta character, and the space too when the corpus had none (then "▁" is no
+        # piece and SentencePiece would fall back to the bytes of "▁", decoding as "▁").
+        escaped = [META] if self._sp.piece_to_id(META) != self._sp.unk_id() else [META, " "]
+        self._escapes = {char: [self._byte_id(b) for b in char.encode("utf-8")] for char in escaped}
+        self._escape_pattern = re.compile("(" + "|".join(map(re.escape, escaped)) + ")")
         self._check_lossless()
 
     @classmethod
@@ -70,21 +76,26 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode many strings at once (SentencePiece spreads the work over threads)."""
         segments: list[str] = []
-        counts: list[int] = []
+        layouts: list[list[str]] = []
         for text in texts:
-            parts = text.split(META)
-            segments.extend(parts)
-            counts.append(len(parts))
-        encoded = self._sp.encode(segments) if segments else []
+            # re.split with a group alternates text segments and escaped characters.
+            parts = self._escape_pattern.split(text)
+            segments.extend(parts[0::2])
+            layouts.append(parts)
+        try:
+            encoded = self._sp.encode(segments) if segments else []
+        except TypeError:  # SentencePiece cannot take lone surrogates (undecodable bytes)
+            raise LstmgenError("the text holds invalid Unicode (lone surrogates from undecodable bytes); pass valid UTF-8 text") from None
         result: list[list[int]] = []
         position = 0
-        for count in counts:
+        for parts in layouts:
             ids: list[int] = []
-            for index in range(count):
-                if index:
-                    ids.extend(self._meta_ids)
-                ids.extend(encoded[position + index])
-            position += count
+            for index, part in enumerate(parts):
+                if index % 2:
+                    ids.extend(self._escapes[part])
+                else:
+                    ids.extend(encoded[position])
+                    position += 1
             result.append(ids)
         return result
 
@@ -96,7 +107,10 @@ class Tokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         table = self._token_bytes
+        ids = list(ids)
         try:
+            if ids and min(ids) < 0:
+                raise IndexError
             return b"".join(table[i] for i in ids)
         except (IndexError, TypeError):
             raise LstmgenError(f"token ids must be integers from 0 to {self.vocab_size - 1}") from None

@@ -54,6 +54,10 @@ def run_directory(output: Path) -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
+    from .config import DEVICES
+
+    if name not in DEVICES:
+        raise LstmgenError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -212,8 +216,14 @@ class Trainer:
             )
         self._stop_requested: str | None = None
         if model_config.vocab_size != self.tokenizer.vocab_size:
+            if resume:
+                raise LstmgenError(
+                    f"cannot resume: the checkpoint's model has a vocabulary of {model_config.vocab_size} but this run's tokenizer has "
+                    f"{self.tokenizer.vocab_size}; use the corpus and tokenizer of the checkpoint's run, or start without --resume"
+                )
             raise LstmgenError(
-                f"the model's vocabulary ({model_config.vocab_size}) does not match the tokenizer's ({self.tokenizer.vocab_size})"
+                f"the model's vocabulary ({model_config.vocab_size}) does not match the tokenizer's ({self.tokenizer.vocab_size}); "
+                "train with the tokenizer the model was made for"
             )
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -244,7 +254,12 @@ class Trainer:
         )
         self.autocast_dtype = resolve_precision(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = self.model
+        if config.compile:
+            from .cells import prepare_for_compile
+
+            prepare_for_compile()
+            self.forward = torch.compile(self.model)
         if self.group.enabled:
             from torch.nn.parallel import DistributedDataParallel
 

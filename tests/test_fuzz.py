@@ -341,14 +341,10 @@ def test_long_repetitive_text_round_trips(tokenizer, text: str) -> None:
     check_text(tokenizer, text)
 
 
-@pytest.mark.xfail(strict=True, reason="tokenizer.Tokenizer.encode passes a lone surrogate to SentencePiece, which raises TypeError "
-                                       "(the Python API accepts any str; the CLI can produce one from an undecodable --prompt)")
 def test_text_with_a_lone_surrogate_is_refused_cleanly(tokenizer) -> None:
     check_text(tokenizer, "ab\udcff")
 
 
-@pytest.mark.xfail(strict=True, reason="tokenizer.Tokenizer.decode_bytes indexes a Python list, so a negative id decodes silently "
-                                       "to a piece from the end of the vocabulary instead of being refused")
 def test_negative_token_ids_are_refused(tokenizer) -> None:
     with pytest.raises(LstmgenError):
         tokenizer.decode([-1])

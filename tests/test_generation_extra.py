@@ -261,7 +261,7 @@ def test_interactive_eof_and_jsonl(tiny_bundle: Path) -> None:
     assert [(r["index"], r["prompt"]) for r in records] == [(0, "KING:"), (1, "KING:")]
 
 
-def _read_some(stream, timeout: float = 60, so_far: bytes = b"") -> bytes:
+def _read_some(stream, timeout: float = 120, so_far: bytes = b"") -> bytes:
     ready, _, _ = select.select([stream], [], [], timeout)
     assert ready, f"no output after {so_far!r}"
     return os.read(stream.fileno(), 65536)
@@ -277,17 +277,17 @@ def test_ctrl_c_stops_one_generation_not_the_repl(tiny_bundle: Path) -> None:
     process = _repl(tiny_bundle, "--max-tokens", "100000000", "--no-echo-prompt")
     err = b""
     try:
-        for prompt in (b"First\n", b"Second\n"):
+        for count, prompt in enumerate((b"First\n", b"Second\n"), start=1):
             process.stdin.write(prompt)
             process.stdin.flush()
-            _read_some(process.stdout)  # it is generating (and would for hours)
+            _read_some(process.stdout, so_far=err)  # it is generating (and would for hours)
             process.send_signal(signal.SIGINT)
-            while b"(stopped)" not in err[-200:]:
+            while err.count(b"(stopped)") < count:
                 err += _read_some(process.stderr, so_far=err)
             _drain(process.stdout)
         process.stdin.write(b":q\n")
         process.stdin.flush()
-        process.wait(timeout=60)
+        process.wait(timeout=120)
         err += process.stderr.read()
     finally:
         if process.poll() is None:

@@ -139,3 +139,10 @@ def test_default_sentencepiece_model_is_refused_as_lossy(tmp_path) -> None:
                                    byte_fallback=True)
     with pytest.raises(LstmgenError, match="normalises text"):
         Tokenizer(writer.getvalue())
+
+
+def test_corpus_without_spaces_still_round_trips_spaces() -> None:
+    lines = ["床前明月光，疑是地上霜。\n", "举头望明月，低头思故乡。\n"] * 30
+    tokenizer = train_tokenizer(lines, TokenizerConfig())
+    for text in ["a b", "  两 个  空格 ", " ▁ mixed▁ "]:
+        assert tokenizer.decode(tokenizer.encode(text)) == text
