@@ -11,11 +11,13 @@ sequence byte for byte.
 from __future__ import annotations
 
 import codecs
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +25,11 @@ from .errors import LstmgenError
 from .model import START_ID, LSTMLanguageModel, State
 from .quantization import Int8LSTMLanguageModel, check_quantize, reorder_gates
 from .tokenizer import Tokenizer
+
+#: Prompt tokens read per forward call (bounds the logits a long prompt needs).
+PROMPT_WINDOW = 1024
+#: The most prompt tokens kept for the repetition penalty (its window's upper limit).
+MAX_HISTORY = 1 << 20
 
 FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
@@ -423,12 +430,40 @@ class Sampler:
         return start + self.tokenizer.encode(prompt)
 
     def read_prompt(self, prompt: str) -> tuple[torch.Tensor, Any, list[int]]:
-        """Read a prompt in one forward pass: (next-token logits (1, vocab), state, prompt ids)."""
+        """Read a prompt once: (next-token logits (1, vocab), state, the prompt's last ids).
+
+        Long prompts are encoded line batch by line batch and read in windows of PROMPT_WINDOW
+        tokens with the state carried, so memory stays bounded however long the prompt is (the ids
+        are the same as encoding it whole: newline is a piece of its own, never merged across).
+        """
         if not isinstance(prompt, str):
             raise LstmgenError(f"a prompt must be a string, not {type(prompt).__name__}")
-        ids = self.prompt_ids(prompt)
-        logits, state = self.stepper.forward(torch.tensor([ids], dtype=torch.long, device=self.device))
-        return logits[:, -1, :].float(), state, ids[2 if self.document_start else 1 :]
+        start = self.prompt_ids("")
+        tokens = np.concatenate([np.asarray(start, dtype=np.int32), *self._encode_in_batches(prompt)])
+        state: Any = None
+        for begin in range(0, len(tokens), PROMPT_WINDOW):
+            window = torch.from_numpy(tokens[None, begin : begin + PROMPT_WINDOW].astype(np.int64)).to(self.device)
+            logits, state = self.stepper.forward(window, state)
+            logits = logits[:, -1, :]
+        history = tokens[len(start) :][-MAX_HISTORY:].tolist()
+        return logits.float(), state, history
+
+    def _encode_in_batches(self, text: str) -> Iterator[np.ndarray]:
+        batch: list[str] = []
+        size = 0
+        for line in text.splitlines(keepends=True):
+            batch.append(line)
+            size += len(line)
+            if size >= 1 << 13:
+                yield self._ids_tensor(batch)
+                batch, size = [], 0
+        if batch:
+            yield self._ids_tensor(batch)
+
+    def _ids_tensor(self, lines: list[str]) -> np.ndarray:
+        encoded = self.tokenizer.encode_batch(lines)
+        count = sum(len(ids) for ids in encoded)
+        return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=count)
 
     def stream(self, prompt: str, options: SamplingOptions, num_samples: int = 1, first_index: int = 0) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
         """Yield (sample index, text piece) while generating and (index, Sample) when one ends.

@@ -762,8 +762,6 @@ def test_eval_streams_with_bounded_memory(fast_cli, tiny_bundle: Path, tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="sampling.Sampler.stream runs the whole prompt through the model in one call and keeps the "
-                                       "logits of every prompt position (vocabulary × 4 bytes per token) although only the last is used")
 def test_sample_with_a_long_prompt_has_bounded_memory(fast_cli, tiny_bundle: Path, tmp_path: Path) -> None:
     large = int((PRESSURE_MB or 5) * (1 << 20) / 80)
     slope = _growth_per_byte(fast_cli, tmp_path,
