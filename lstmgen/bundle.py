@@ -103,10 +103,6 @@ def weights_to_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tenso
     return state
 
 
-def training_meta(**summary: Any) -> dict[str, Any]:
-    return dict(summary)
-
-
 def save_bundle(
     path: Path,
     model: torch.nn.Module,

@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -633,13 +633,3 @@ def load_checkpoint_config(output: Path) -> tuple[ModelConfig, TrainConfig] | No
     state = parse_json_member(members["state.json"], "state.json", path)
     fingerprint = state.get("fingerprint", {})
     return from_dict(ModelConfig, fingerprint.get("model"), "checkpoint model config"), from_dict(TrainConfig, fingerprint.get("train"), "checkpoint train config")
-
-
-def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
-    with contextlib.suppress(FileNotFoundError):
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):
-                yield json.loads(line)
-
-
-__all__ = ["Trainer", "TrainResult", "suggest_model", "resolve_device", "run_directory", "learning_rate", "np"]
