@@ -133,7 +133,10 @@ class CorpusReader:
                 lines = pending.split("\n")
                 pending = lines.pop()
                 for line in lines:
-                    yield from _split_long(line + "\n")
+                    if len(line) < MAX_LINE_CHARS:  # the common case, without a generator per line
+                        yield line + "\n"
+                    else:
+                        yield from _split_long(line + "\n")
                 if len(pending) > MAX_LINE_CHARS:
                     cut = len(pending) - len(pending) % MAX_LINE_CHARS
                     yield from _split_long(pending[:cut])
@@ -301,6 +304,7 @@ def encode_corpus(
     split: dict[str, int] | None = None
     files: list[dict[str, Any]] = []
     token_digest = hashlib.sha256()
+    fast_encode = _array_encoder(tokenizer, dtype)
 
     def write(handle: Any, array: np.ndarray) -> None:
         nonlocal num_tokens
@@ -313,6 +317,18 @@ def encode_corpus(
         """Encode a batch of lines, write their ids, note the split point; returns its characters.
 
         separators[i], when given and not None, replaces line i's ids (a document separator)."""
+        nonlocal bytes_done, chars_done
+        batch_bytes = len("".join(batch).encode("utf-8", errors="surrogatepass"))
+        if fast_encode is None or (split is None and bytes_done + batch_bytes > split_at_byte):
+            return encode_lines_per_line(handle, batch, separators)
+        write(handle, _encode_runs(fast_encode, dtype, batch, separators))
+        batch_chars = sum(map(len, batch))
+        bytes_done += batch_bytes
+        chars_done += batch_chars
+        return batch_chars
+
+    def encode_lines_per_line(handle: Any, batch: list[str], separators: list[list[int] | None] | None) -> int:
+        """encode_lines with per-line ids, for the batch holding the split point (or without a word encoder)."""
         nonlocal bytes_done, chars_done, split
         if separators is None:
             encoded = tokenizer.encode_batch(batch)
@@ -408,6 +424,37 @@ def encode_corpus(
     }
     atomic_write_text(directory / "tokens.json", json.dumps(meta, indent=2) + "\n")
     return TokenizedCorpus(directory, meta)
+
+
+def _array_encoder(tokenizer: Any, dtype: np.dtype) -> Callable[[list[str]], np.ndarray] | None:
+    """texts -> their concatenated ids as one array: the word cache where provably exact, else SentencePiece's
+    arrays; None for a tokenizer without either (then ids come line by line)."""
+    words = tokenizer.word_encoder(dtype) if hasattr(tokenizer, "word_encoder") else None
+    if words is not None:
+        return words.encode
+    if hasattr(tokenizer, "encode_array"):
+        return lambda texts: tokenizer.encode_array(texts, dtype)
+    return None
+
+
+def _encode_runs(encode: Callable[[list[str]], np.ndarray], dtype: np.dtype, batch: list[str],
+                 separators: list[list[int] | None] | None) -> np.ndarray:
+    """The ids of a batch; separator lines (blank-line documents) get their given ids instead."""
+    if separators is None:
+        return encode(batch)
+    parts: list[np.ndarray] = []
+    run: list[str] = []
+    for line, ids in zip(batch, separators):
+        if ids is None:
+            run.append(line)
+            continue
+        if run:
+            parts.append(encode(run))
+            run = []
+        parts.append(np.asarray(ids, dtype=dtype))
+    if run:
+        parts.append(encode(run))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def corpus_digest(file_digests: Sequence[str]) -> str:

@@ -14,6 +14,7 @@ byte by byte, provably identical to decoding the whole sequence.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import re
@@ -21,6 +22,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .config import TokenizerConfig
 from .errors import LstmgenError
@@ -34,6 +37,10 @@ NUM_BYTE_PIECES = 256
 #: unk, bos, eos and the newline piece.
 NUM_SPECIAL_PIECES = 4
 MAX_TRAINING_LINE_CHARS = 4096
+#: Longest whitespace-delimited word the word cache of `WordEncoder` holds (longer ones go to SentencePiece).
+MAX_CACHED_WORD_CHARS = 40
+#: The word cache is cleared when it holds this many words (bounded memory, about 100 MB at most).
+MAX_CACHED_WORDS = 1 << 19
 _PROBE = "  lstmgen\tprobe\r\n\n x"
 
 
@@ -58,6 +65,10 @@ class Tokenizer:
         self._escapes = {char: [self._byte_id(b) for b in char.encode("utf-8")] for char in escaped}
         self._escape_pattern = re.compile("(" + "|".join(map(re.escape, escaped)) + ")")
         self._check_lossless()
+        try:
+            self.model_type = _model_type(self.model_proto)
+        except ValueError:  # the word encoder is then off; encoding itself does not need it
+            self.model_type = 0
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
@@ -98,6 +109,23 @@ class Tokenizer:
                     position += 1
             result.append(ids)
         return result
+
+    def encode_array(self, texts: Sequence[str], dtype: np.dtype) -> np.ndarray:
+        """The ids of all `texts` concatenated, as `dtype`: `encode_batch` without Python lists of ints."""
+        if not texts:
+            return np.zeros(0, dtype=dtype)
+        joined = "".join(texts)
+        if any(char in joined for char in self._escapes):
+            return np.fromiter(itertools.chain.from_iterable(self.encode_batch(texts)), dtype=dtype)
+        try:
+            arrays = self._sp.encode(list(texts), out_type="numpy")
+        except TypeError:
+            raise LstmgenError("the text holds invalid Unicode (lone surrogates from undecodable bytes); pass valid UTF-8 text") from None
+        return np.concatenate(arrays).astype(dtype, copy=False)
+
+    def word_encoder(self, dtype: np.dtype) -> WordEncoder | None:
+        """A fast encoder giving the ids of `encode` (see WordEncoder), or None where that is not provable."""
+        return WordEncoder.create(self, np.dtype(dtype))
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -168,6 +196,161 @@ class Tokenizer:
                 "the tokenizer normalises text (it was not trained by lstmgen), so it cannot round-trip text exactly; "
                 "retrain it with `lstmgen tokenize`"
             )
+
+
+#: A word: a run of spaces and the non-space characters after it, a run of spaces before a newline, or a newline.
+_WORDS = re.compile(r" *[^ \n]+| +|\n")
+_BPE, _CHAR = 2, 4
+
+
+class WordEncoder:
+    """Encode many texts to one id array by splicing cached ids of their words: `encode_batch`'s ids, faster.
+
+    Why it is exact: SentencePiece encodes each text as one sentence. When no piece holds a
+    non-space character followed by a space, nor a newline beside anything (checked on the
+    vocabulary), no piece crosses a word boundary. BPE merges the highest-scored adjacent pair
+    first (leftmost on ties), so the merges inside a word happen in the same order with or
+    without context; char models map each character alone. A text holding a word that is not
+    cached (escaped characters, long words) goes to `encode_batch` whole.
+
+    Not for unigram models: their Viterbi adds float32 scores from the start of the text (and
+    rebases them past 1e5), so a near tie inside a word can be decided differently in context.
+    A word is provably safe only when its best segmentation beats the second best by more than
+    that rounding error; checking that (n-best per new word, texts with unsafe words encoded
+    whole) made encoding slower than SentencePiece alone, so unigram uses `encode_array`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype) -> None:
+        self._tokenizer = tokenizer
+        self.dtype = np.dtype(dtype)
+        self._escaped = tuple(tokenizer._escapes)
+        self._cache: dict[str, bytes | None] = {}
+        self._unsafe: set[str] = set()
+
+    @classmethod
+    def create(cls, tokenizer: Tokenizer, dtype: np.dtype) -> WordEncoder | None:
+        """None when the model type or vocabulary gives no proof that words encode independently."""
+        if tokenizer.model_type not in (_BPE, _CHAR) or not _words_are_separable(tokenizer._sp):
+            return None
+        return cls(tokenizer, dtype)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """The ids of all `texts`, concatenated: equal to chaining `encode_batch(texts)`."""
+        parts = [self._encode_group(group) for group in _newline_groups(texts)]
+        return np.frombuffer(b"".join(parts), dtype=self.dtype)
+
+    def _encode_group(self, texts: Sequence[str]) -> bytes:
+        """Texts that all end in a newline but the last: their words never cross a text boundary."""
+        words = _WORDS.findall("".join(texts))
+        distinct = set(words)
+        if len(self._cache) > MAX_CACHED_WORDS:
+            self._cache.clear()
+            self._unsafe.clear()
+        missing = distinct.difference(self._cache)
+        if missing:
+            self._learn(list(missing))
+        values = list(map(self._cache.__getitem__, words))
+        if not self._unsafe.isdisjoint(distinct):
+            self._encode_unsafe_texts(words, values)
+        return b"".join(values)
+
+    def _learn(self, words: list[str]) -> None:
+        for word, ids in zip(words, self._tokenizer.encode_batch(words)):
+            if self._is_safe(word, ids):
+                self._cache[word] = self._to_bytes(ids)
+            else:
+                self._cache[word] = None
+                self._unsafe.add(word)
+
+    def _is_safe(self, word: str, ids: list[int]) -> bool:
+        """Whether `word` gets `ids` in any context (see the class docstring)."""
+        return len(word) <= MAX_CACHED_WORD_CHARS and not any(char in word for char in self._escaped)
+
+    def _encode_unsafe_texts(self, words: list[str], values: list[bytes | None]) -> None:
+        """Replace the words of each text holding an unsafe word by that text's own encoding."""
+        spans = []
+        index = -1
+        while True:
+            try:
+                index = values.index(None, index + 1)
+            except ValueError:
+                break
+            start, end = index, index + 1
+            while start > 0 and words[start - 1] != "\n":
+                start -= 1
+            while end < len(words) and words[end - 1] != "\n":
+                end += 1
+            spans.append((start, end))
+            index = end - 1
+        encoded = self._tokenizer.encode_batch(["".join(words[start:end]) for start, end in spans])
+        for (start, end), ids in zip(spans, encoded):
+            values[start:end] = [self._to_bytes(ids)] + [b""] * (end - start - 1)
+
+    def _to_bytes(self, ids: list[int]) -> bytes:
+        return np.asarray(ids, dtype=self.dtype).tobytes()
+
+
+def _newline_groups(texts: Sequence[str]) -> Iterable[Sequence[str]]:
+    """Consecutive runs of texts, each ending at a text with no final newline (or the last text)."""
+    start = 0
+    for index, text in enumerate(texts):
+        if not text.endswith("\n"):
+            yield texts[start : index + 1]
+            start = index + 1
+    if start < len(texts):
+        yield texts[start:]
+
+
+def _words_are_separable(sp) -> bool:
+    """No piece crosses a word boundary: none holds a non-space then a space, or a newline beside anything."""
+    crossing = re.compile(f"[^{META}]{META}")
+    for token_id in range(sp.get_piece_size()):
+        if sp.is_byte(token_id) or sp.is_control(token_id) or sp.is_unknown(token_id):
+            continue
+        piece = sp.id_to_piece(token_id)
+        if crossing.search(piece) or ("\n" in piece and piece != NEWLINE_PIECE):
+            return False
+    return True
+
+
+def _model_type(model_proto: bytes) -> int:
+    """TrainerSpec.model_type of a serialized SentencePiece model (1 unigram, 2 bpe, 3 word, 4 char; 0 unreadable)."""
+    specs = [value for number, value in _proto_fields(model_proto) if number == 2 and isinstance(value, bytes)]
+    if not specs:
+        return 0
+    types = [value for number, value in _proto_fields(specs[-1]) if number == 3 and isinstance(value, int)]
+    return types[-1] if types else 1  # proto default: unigram
+
+
+def _proto_fields(data: bytes) -> Iterable[tuple[int, bytes | int | None]]:
+    """(field number, value) pairs of a protobuf message, top level only; fixed-size values come as None."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        wire = key & 7
+        if wire == 0:
+            value, position = _varint(data, position)
+        elif wire == 2:
+            length, position = _varint(data, position)
+            value, position = data[position : position + length], position + length
+        elif wire in (1, 5):
+            value, position = None, position + (8 if wire == 1 else 4)
+        else:
+            raise ValueError("unsupported protobuf wire type")
+        yield key >> 3, value
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if position >= len(data):
+            raise ValueError("truncated protobuf varint")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, position
 
 
 @dataclass
