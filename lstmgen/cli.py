@@ -291,7 +291,7 @@ def train(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
     epochs: Optional[float] = typer.Option(None, help="Stop after this many passes over the corpus."),
     val_fraction: Optional[float] = typer.Option(None, help="Share of the corpus tail held out for validation (default 0.1)."),
-    val_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N steps (default: first at step 100, then as often as keeps validation near 3 % of the time)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (a fixed seed makes a CPU run reproducible)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),

@@ -88,7 +88,7 @@ class TrainConfig:
     max_steps: int | None = None
     epochs: float | None = None
     val_fraction: float = 0.1
-    val_every: int = 100
+    val_every: int | None = None
     val_max_tokens: int = 250_000
     seed: int = 1234
     device: str = "auto"
@@ -113,7 +113,8 @@ class TrainConfig:
         if self.epochs is not None:
             _check_float("--epochs", self.epochs, low=0.0, high=1e6, low_open=True)
         _check_float("--val-fraction", self.val_fraction, low=0.0, high=0.5, low_open=True)
-        _check_int("--val-every", self.val_every, low=1, high=1 << 40)
+        if self.val_every is not None:
+            _check_int("--val-every", self.val_every, low=1, high=1 << 40)
         _check_int("--val-max-tokens", self.val_max_tokens, low=1, high=1 << 40)
         _check_int("--seed", self.seed, low=0, high=2**63 - 1)
         if self.device not in DEVICES:
