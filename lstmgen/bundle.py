@@ -132,6 +132,19 @@ def save_bundle(
             archive.writestr(WEIGHTS_NAME, weights, zipfile.ZIP_STORED)
 
 
+def convert_bundle(source: Path, target: Path, dtype_name: str) -> Bundle:
+    """Rewrite a bundle with its weights stored as another dtype; float16 halves the file.
+
+    Training records, tokenizer and configuration are kept; loading upcasts to float32 again.
+    """
+    if dtype_name not in WEIGHTS_DTYPES:
+        raise LstmgenError(f"--dtype must be one of {', '.join(WEIGHTS_DTYPES)}, not {dtype_name!r}")
+    bundle = load_bundle(Path(source))
+    settings = bundle.meta.get("tokenizer", {}).get("settings") or {}
+    save_bundle(Path(target), bundle.build_model("cpu"), bundle.tokenizer, settings, bundle.meta.get("training") or {}, getattr(torch, dtype_name))
+    return load_bundle(Path(target))
+
+
 def _versions() -> dict[str, str]:
     import sentencepiece
 

@@ -46,21 +46,30 @@ Examples:\n
 """
 EXAMPLES_SAMPLE = """
 Examples:\n
-  lstmgen sample -m shakespeare.lstmgen --prompt "ROMEO:" --temp 0.8 --max-tokens 300 | head -20\n
-  echo "JULIET:" | lstmgen sample -m shakespeare.lstmgen --prompt - -n 3 --seed 7\n
-  lstmgen sample -m tang.lstmgen -n 5 --format jsonl --quantize int8\n
-  lstmgen sample -m shakespeare.lstmgen --interactive --temp 0.8 --stop $'\\n\\n'
+  lstmgen sample --prompt "ROMEO:" --temp 0.8 --max-tokens 300 | head -20\n
+  lstmgen sample -m tang -n 5 --format jsonl --quantize int8\n
+  echo "JULIET:" | lstmgen sample -m my-model.lstmgen --prompt - -n 3 --seed 7\n
+  lstmgen sample --interactive --temp 0.8 --stop $'\\n\\n'
 """
 EXAMPLES_EVAL = """
 Examples:\n
+  lstmgen eval held-out.txt\n
   lstmgen eval -m shakespeare.lstmgen held-out.txt\n
   lstmgen eval -m shakespeare.lstmgen held-out.txt --json | jq .bits_per_char\n
   lstmgen eval -m shakespeare.lstmgen held-out.txt --heatmap --html heatmap.html\n
   lstmgen eval -m shakespeare.lstmgen held-out.txt --per-token | jq -c 'select(.surprisal_bits > 10)'
 """
+EXAMPLES_MODELS = """
+Examples:\n
+  lstmgen models\n
+  lstmgen models --json | jq -r '.[].name'\n
+  cp poems.lstmgen ~/.local/share/lstmgen/models/ && lstmgen sample -m poems
+"""
+MODEL_HELP = "Bundle path or model name (default: $LSTMGEN_MODEL, else the built-in shakespeare)."
 DOCUMENTS_HELP = "Where documents end (an end-of-text token follows each): file (each corpus file is one document) or blank-line (a run of blank lines also ends one, e.g. one poem per paragraph)."
 EXAMPLES_INFO = """
 Examples:\n
+  lstmgen info tang\n
   lstmgen info shakespeare.lstmgen\n
   lstmgen info shakespeare.lstmgen --plot curves.png\n
   lstmgen info shakespeare.lstmgen --json
@@ -311,7 +320,7 @@ def train(
     from .data import check_corpus_file
     from .fsutil import check_writable_directory
     from .distributed import setup as setup_distributed
-    from .trainer import Trainer, load_checkpoint_config, resolve_device, run_directory, suggest_model
+    from .trainer import Trainer, apply_device_defaults, budget_dropout, load_checkpoint_config, resolve_device, run_directory, suggest_model
 
     group = setup_distributed()
     if not group.is_main:
@@ -327,8 +336,8 @@ def train(
         raise LstmgenError(f"nothing to resume: {run_dir / 'checkpoint.ckpt'} does not exist; run without --resume")
     file_settings = load_config_file(config_file) if config_file is not None else {}
     train_config = saved[1] if saved else TrainConfig()
-    if not saved and resolve_device(device or train_config.device).type == "cuda":
-        train_config.batch_size = 128  # a GPU wants wider batches; flags and config files still win
+    if not saved:
+        apply_device_defaults(train_config, resolve_device(device or train_config.device))  # flags and config files still win
     apply_settings(train_config, file_settings.get("train", {}), "train")
     overrides = {
         "batch_size": batch_size, "seq_len": seq_len, "learning_rate": lr, "weight_decay": weight_decay,
@@ -400,6 +409,8 @@ def train(
         model_config.embedding_size = hidden_size
     if not tie_weights:
         model_config.tie_weights = False
+    if not saved and init_bundle is None and dropout is None and "dropout" not in file_model:
+        model_config.dropout = budget_dropout(model_config, train_config, corpus_data.split, device_obj, group.broadcast_float)
     model_config.validate()
     if init_bundle is not None and (model_config != init_bundle.model_config):
         raise LstmgenError("--init-from keeps the base model's sizes; drop --hidden-size/--embedding-size/--layers/--no-tie-weights")
@@ -449,38 +460,22 @@ def _check_corpus_fits_a_batch(train_tokens: int, train_config: Any) -> None:
 
 def _dry_run_report(model_config: Any, train_config: Any, corpus_data: Any, device: Any) -> dict[str, Any]:
     """The resolved configuration, the parameter count and a measured training speed."""
-    import time
-
     import torch
 
     from .config import to_dict
     from .model import LSTMLanguageModel
+    from .trainer import measure_tokens_per_second
 
-    model = LSTMLanguageModel(model_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(3, model_config.vocab_size, (train_config.batch_size, train_config.seq_len + 1), device=device)
-    timings = []
-    for _ in range(4):
-        started = time.perf_counter()
-        logits, _ = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - started)
-    step_time = sorted(timings[1:])[len(timings[1:]) // 2]
     return {
         "model": to_dict(model_config),
         "train": to_dict(train_config),
         "tokenizer": corpus_data.meta.get("tokenizer"),
-        "parameters": model.num_parameters(),
+        "parameters": LSTMLanguageModel(model_config).num_parameters(),
         "train_tokens": corpus_data.split,
         "val_tokens": corpus_data.num_tokens - corpus_data.split,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "estimated_tokens_per_second": round(train_config.batch_size * train_config.seq_len / step_time),
+        "estimated_tokens_per_second": round(measure_tokens_per_second(model_config, train_config, device)),
     }
 
 
@@ -557,10 +552,20 @@ def _tokenize_with_progress(corpus: list[Path], config: Any, directory: Path, va
 
 
 def _resolve_model(model: Optional[str]) -> Path:
-    name = model or os.environ.get("LSTMGEN_MODEL")
-    if not name:
-        raise LstmgenError("no model given; pass -m MODEL.lstmgen or set LSTMGEN_MODEL (train one with `lstmgen train corpus.txt`)")
-    return Path(name)
+    """-m as a path or a name, else $LSTMGEN_MODEL, else the built-in default (lstmgen.registry)."""
+    from .registry import resolve_model
+
+    return resolve_model(model, os.environ)
+
+
+def _check_text_file(path: Path, command: str) -> None:
+    """check_corpus_file, saying where a bundle goes when one is given as the text (`lstmgen eval MODEL FILE`)."""
+    from .data import check_corpus_file
+    from .registry import looks_like_bundle
+
+    if path.exists() and looks_like_bundle(path):
+        raise LstmgenError(f"{path} is a model bundle or zip archive, not a text file; pass a model with -m: `lstmgen {command} -m {path} TEXT.txt`")
+    check_corpus_file(path)
 
 
 def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
@@ -585,7 +590,7 @@ def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
 
 @app.command(epilog=EXAMPLES_SAMPLE)
 def sample(
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Bundle to sample from (default: $LSTMGEN_MODEL)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP),
     prompt: Optional[str] = typer.Option(None, help="Text to continue; - reads it from stdin."),
     prompt_file: Optional[Path] = typer.Option(None, help="Read the prompt from this file."),
     interactive: bool = typer.Option(False, "-i", "--interactive", help="Read prompts line by line and continue each; :q or Ctrl-D quits, Ctrl-C stops one generation."),
@@ -789,7 +794,7 @@ def _interactive(lm: Any, options: Any, printer: _SamplePrinter) -> None:
 @app.command(name="eval", epilog=EXAMPLES_EVAL)
 def evaluate(
     files: list[Path] = typer.Argument(..., help="Text files to evaluate.", show_default=False),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Bundle to evaluate (default: $LSTMGEN_MODEL)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     streams: Optional[int] = typer.Option(None, help="Evaluate each file as N parallel streams (default: 1 per 200k tokens, exact for small files)."),
     errors: str = typer.Option("strict", help="Invalid UTF-8: strict or replace."),
@@ -811,10 +816,8 @@ def evaluate(
         raise LstmgenError(f"--quantize must be none or {' or '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
     _check_device_and_threads(device, threads, quantize)
     detail = _check_eval_detail(files, as_json, streams, per_token, top_k_alternatives, heatmap, html_path)
-    from .data import check_corpus_file
-
     for path in files:
-        check_corpus_file(path)
+        _check_text_file(path, "eval")
     from .api import LanguageModel
 
     lm = LanguageModel.load(_resolve_model(model), device=device, quantize=quantize)
@@ -1020,7 +1023,8 @@ def _print_baselines(rows: list[dict[str, Any]], console: Any) -> None:
 
 @app.command(epilog=EXAMPLES_INFO)
 def info(
-    model: Path = typer.Argument(..., help="A .lstmgen bundle.", show_default=False),
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP, show_default=False),
+    model_option: Optional[str] = typer.Option(None, "-m", "--model", help="The model, given as the other commands take it (instead of the argument)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON on stdout."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the train/validation loss curves as a PNG (needs matplotlib: pip install 'lstmgen[plot]')."),
 ) -> None:
@@ -1028,12 +1032,15 @@ def info(
     from .bundle import load_bundle
     from .model import LSTMLanguageModel
 
+    if model is not None and model_option is not None:
+        raise LstmgenError("give the model once: `lstmgen info MODEL` or `lstmgen info -m MODEL`")
     if plot is not None:
         from .fsutil import check_writable_directory
 
         _require_matplotlib()
         check_writable_directory(plot, "plot")
-    bundle = load_bundle(model)
+    path = _resolve_model(model if model is not None else model_option)
+    bundle = load_bundle(path)
     parameters = LSTMLanguageModel(bundle.model_config).num_parameters()
     meta = {**bundle.meta, "parameters": parameters}
     training = meta.get("training", {})
@@ -1042,10 +1049,10 @@ def info(
     curve = read_curve(training)
     if plot is not None:
         if curve is None:
-            raise LstmgenError(f"{model} has no training curve to plot (it is written by `lstmgen train` at each validation)")
+            raise LstmgenError(f"{path} has no training curve to plot (it is written by `lstmgen train` at each validation)")
         from .visualize import plot_curves_png
 
-        plot_curves_png(curve, plot, f"{Path(model).name}: training curves")
+        plot_curves_png(curve, plot, f"{path.name}: training curves")
         _info(f"wrote {plot}")
     if as_json:
         _write_stdout(json.dumps(meta, indent=2) + "\n")
@@ -1107,10 +1114,88 @@ def _info_config_lines(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- models -----------------------------------------------------------------------------------------
+
+
+@app.command(name="models", epilog=EXAMPLES_MODELS)
+def models_command(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout: name, path, source, size, description."),
+) -> None:
+    """List the models -m NAME can name: the built-ins and the bundles in your model directory."""
+    from .registry import list_models
+
+    entries = list_models(os.environ)
+    if as_json:
+        _write_stdout(json.dumps([entry.as_dict() for entry in entries], ensure_ascii=False) + "\n")
+    elif entries:
+        _write_stdout(_models_table(entries))
+    for line in _models_notes(entries):
+        _info(line)
+
+
+def _models_table(entries: list[Any]) -> str:
+    """Plain aligned columns: greppable and never wrapped, unlike a rich table in a pipe."""
+    rows = [("NAME", "SOURCE", "SIZE", "DESCRIPTION")] + [(e.name, e.source, _human_bytes(e.size), e.description) for e in entries]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return "".join(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}\n" for row in rows)
+
+
+def _models_notes(entries: list[Any]) -> list[str]:
+    """The lines on stderr under the list: where user models go, which model runs without -m, name clashes."""
+    from .registry import resolve_model, user_model_dir
+
+    directory = user_model_dir(os.environ)
+    state = "" if directory.is_dir() else ", which does not exist yet"
+    notes = [f"your models: {directory}{state}; put NAME.lstmgen there to use -m NAME (LSTMGEN_HOME or XDG_DATA_HOME move it)"]
+    if not entries:
+        return ["no models found: the built-in models are not installed and you have none; train one with `lstmgen train corpus.txt`", *notes]
+    try:
+        notes.append(f"without -m: {resolve_model(None, os.environ)}")
+    except LstmgenError as error:
+        notes.append(f"without -m: {error}")
+    user_names = {e.name for e in entries if e.source == "user"}
+    notes += [f"-m {e.name} uses your model, not the built-in one" for e in entries if e.source == "builtin" and e.name in user_names]
+    return notes
+
+
+EXAMPLES_CONVERT = """
+Examples:\n
+  lstmgen convert shakespeare.lstmgen -o shakespeare-half.lstmgen --dtype float16\n
+  lstmgen eval -m shakespeare-half.lstmgen held-out.txt   # check what the smaller file costs
+"""
+
+
+@app.command(epilog=EXAMPLES_CONVERT)
+def convert(
+    model: str = typer.Argument(..., help="Bundle path or model name.", metavar="MODEL"),
+    output: Path = typer.Option(..., "-o", "--output", help="Bundle to write.", metavar="PATH"),
+    dtype: str = typer.Option("float16", help="Weights dtype: float16 (half the size), bfloat16 or float32."),
+) -> None:
+    """Rewrite a bundle with its weights in another dtype, e.g. half the size to ship or share it."""
+    from .bundle import convert_bundle
+    from .fsutil import check_writable_directory
+    from .registry import resolve_model
+
+    source = resolve_model(model, os.environ)
+    if output.resolve() == source.resolve():
+        raise LstmgenError(f"-o {output} is the bundle being converted; write to another path")
+    check_writable_directory(output, "bundle")
+    converted = convert_bundle(source, output, dtype)
+    _info(f"wrote {output}: {output.stat().st_size / 1e6:.1f} MB ({converted.meta['weights']['dtype']} weights; was {source.stat().st_size / 1e6:.1f} MB)")
+
+
+def _human_bytes(size: int) -> str:
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 # -- inspect ----------------------------------------------------------------------------------------
 
 EXAMPLES_INSPECT = """
 Examples:\n
+  lstmgen inspect held-out.txt --find\n
   lstmgen inspect -m shakespeare.lstmgen held-out.txt --find\n
   lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137\n
   lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137 --html cell.html
@@ -1120,7 +1205,7 @@ Examples:\n
 @app.command(name="inspect", epilog=EXAMPLES_INSPECT)
 def inspect_command(
     file: Path = typer.Argument(..., help="Text file to run the model over (UTF-8).", show_default=False),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Bundle to inspect (default: $LSTMGEN_MODEL)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP),
     neuron: Optional[str] = typer.Option(None, "--neuron", help="LAYER:CELL, both counted from 0: colour the text by this cell's activation."),
     find: bool = typer.Option(False, "--find", help="Rank cells by how strongly they track simple features of the text (quotes, brackets, position in line, ...)."),
     state: Optional[str] = typer.Option(None, "--state", help="c (cell state; the default for --neuron) or h (output). --find scans both unless given."),
@@ -1143,9 +1228,7 @@ def inspect_command(
     if not 1 <= max_tokens <= 10_000_000:
         raise LstmgenError(f"--max-tokens must be a whole number from 1 to 10000000, not {max_tokens}")
     _check_device_and_threads("cpu", threads)
-    from .data import check_corpus_file
-
-    check_corpus_file(file)
+    _check_text_file(file, "inspect")
     if html_path is not None:
         from .fsutil import check_writable_directory
 
@@ -1283,6 +1366,15 @@ def _root(
     _setup_logging(quiet)
 
 
+def _usage_hint(error: Any) -> str:
+    """The fix for a likely slip (`lstmgen sample corpus.txt`), else where the usage is explained."""
+    if error.ctx is None:
+        return ""
+    if error.ctx.info_name == "sample" and "unexpected extra argument" in error.format_message():
+        return "; sample takes no file: choose the model with `lstmgen sample -m MODEL` and the text to continue with --prompt or --prompt-file"
+    return f" (see `{error.ctx.command_path} --help`)"
+
+
 def _error(message: str, code: int) -> None:
     try:
         sys.stderr.write(f"error: {message}\n")
@@ -1320,8 +1412,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         _error("interrupted", 130)
     except click_exceptions.UsageError as error:
-        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
-        _error(" ".join(error.format_message().split()) + hint, 2)
+        _error(" ".join(error.format_message().split()) + _usage_hint(error), 2)
     except click_exceptions.ClickException as error:
         _error(" ".join(error.format_message().split()), 2)
     except LstmgenError as error:

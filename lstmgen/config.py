@@ -78,8 +78,8 @@ class TrainConfig:
     """Optimisation, schedule, stopping and bookkeeping for one training run."""
 
     batch_size: int = 32
-    seq_len: int = 128
-    learning_rate: float = 3e-3
+    seq_len: int = 32
+    learning_rate: float = 6e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.01

@@ -259,6 +259,10 @@ class CliServer:
         import signal
         import time
 
+        helpers: dict = {}
+        exec(_DROP_ROOT_FILE_POWERS, helpers)  # the same function the fork server runs
+        drop_root_file_powers = helpers["drop_root_file_powers"]
+
         def limit() -> None:
             for name, value in request["rlimits"].items():
                 resource.setrlimit(getattr(resource, name), (value, value))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -201,3 +200,20 @@ def test_untied_model_with_projection_round_trips(tmp_path: Path, tokenizer) -> 
         loaded = load_bundle(path).build_model()
         x = torch.tensor([[2, 5, 7, 9]])
         assert torch.equal(model(x)[0], loaded(x)[0])
+
+
+def test_convert_to_float16_halves_the_weights_and_keeps_the_model(tiny_bundle: Path, tmp_path: Path) -> None:
+    from lstmgen.bundle import convert_bundle
+
+    half = convert_bundle(tiny_bundle, tmp_path / "half.lstmgen", "float16")
+    original = load_bundle(tiny_bundle)
+    assert half.meta["weights"]["dtype"] == "float16"
+    assert half.meta["training"] == original.meta["training"]
+    assert all(t.dtype == torch.float16 for t in half.tensors.values())
+    with zipfile.ZipFile(tmp_path / "half.lstmgen") as small, zipfile.ZipFile(tiny_bundle) as big:
+        assert small.getinfo("model.safetensors").file_size < 0.55 * big.getinfo("model.safetensors").file_size
+    text = "ROMEO:\nWhat light through yonder window breaks?\n"
+    full = lstmgen.load(tiny_bundle).evaluate(text)["nll"]
+    assert lstmgen.load(tmp_path / "half.lstmgen").evaluate(text)["nll"] == pytest.approx(full, rel=1e-3)
+    with pytest.raises(LstmgenError, match="--dtype must be one of"):
+        convert_bundle(tiny_bundle, tmp_path / "x.lstmgen", "int4")

@@ -18,7 +18,7 @@ TRAIN_FAST = ["--hidden-size", "32", "--layers", "1", "--batch-size", "8", "--se
 
 
 def test_help_of_every_subcommand_has_an_example() -> None:
-    for command in ("tokenize", "train", "sample", "eval", "info"):
+    for command in ("tokenize", "train", "sample", "eval", "info", "inspect", "models"):
         result = cli(command, "--help")
         assert result.returncode == 0
         assert "Example" in result.stdout and "lstmgen " + ("eval" if command == "eval" else command) in result.stdout
@@ -125,9 +125,9 @@ def test_pipe_into_head_ends_quietly(tiny_bundle: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["sample", "--max-tokens", "5"], "no model given"),
+        (["sample", "-m", "no-such-model"], "no model named"),
         (["sample", "-m", "missing.lstmgen"], "does not exist"),
-        (["sample", "-m", "{corpus}"], "not an lstmgen bundle"),
+        (["sample", "-m", "{corpus}"], "is a text file, not a model bundle"),
         (["sample", "-m", "{bundle}", "--temp", "-1"], "--temp must be"),
         (["sample", "-m", "{bundle}", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["sample", "-m", "{bundle}", "--top-p", "nan"], "--top-p must be"),
@@ -206,3 +206,22 @@ def test_sigterm_exits_143(small_corpus: Path, tmp_path: Path) -> None:
 def test_python_module_entry_point() -> None:
     completed = run_cli("--help")
     assert completed.returncode == 0 and b"tokenize" in completed.stdout
+
+
+def test_convert_writes_a_half_size_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    half = tmp_path / "half.lstmgen"
+    result = run_cli("convert", str(tiny_bundle), "-o", str(half), "--dtype", "float16")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""
+    assert b"float16 weights" in result.stderr
+    assert half.stat().st_size < tiny_bundle.stat().st_size
+    same = run_cli("convert", str(tiny_bundle), "-o", str(tiny_bundle))
+    assert same.returncode == 2 and b"is the bundle being converted" in same.stderr
+
+
+def test_dry_run_shows_the_cpu_defaults(small_corpus: Path, tmp_path: Path) -> None:
+    result = run_cli("train", str(small_corpus), "-o", str(tmp_path / "m.lstmgen"), "--dry-run", "--device", "cpu", "--max-steps", "10",
+                     "--hidden-size", "16", "--vocab-size", "400")
+    assert result.returncode == 0, result.stderr
+    train = json.loads(result.stdout)["train"]
+    assert (train["batch_size"], train["seq_len"], train["learning_rate"], train["val_every"]) == (32, 32, 6e-3, None)

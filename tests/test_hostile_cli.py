@@ -343,7 +343,12 @@ CASES = [
     Case("unknown-command", ["frobnicate"], "No such command"),
     Case("option-without-value", ["sample", "-m"], "requires an argument"),
     Case("missing-argument", ["eval", "-m", "{b}"], "Missing argument"),
-    Case("no-model", ["sample", "--max-tokens", "3"], "no model given"),
+    Case("unknown-model-name", ["sample", "-m", "no-such-model", "--max-tokens", "3"], "no model named 'no-such-model'"),
+    Case("model-is-a-text-file", ["sample", "-m", "{c}", "--max-tokens", "3"], "is a text file, not a model bundle; train one with `lstmgen train"),
+    Case("model-from-environment-missing", ["sample", "--max-tokens", "3"], "fix or unset LSTMGEN_MODEL", extra={"env": {"LSTMGEN_MODEL": "gone.lstmgen"}}),
+    Case("sample-given-a-file", ["sample", "{c}"], "`lstmgen sample -m MODEL`"),
+    Case("eval-bundle-as-text", ["eval", "{b}", "{c}"], "pass a model with -m: `lstmgen eval -m"),
+    Case("info-model-twice", ["info", "{b}", "-m", "{b}"], "give the model once"),
     # output paths
     Case("output-dir-missing", ["train", "{c}", "-o", "{w}/missing/m.lstmgen"], "does not exist"),
     Case("output-under-a-file", ["train", "{c}", "-o", "{c}/m.lstmgen"], "is not a directory"),
@@ -527,7 +532,7 @@ def test_hostile_input_is_refused_cleanly(case: Case, ws: Path, tiny_bundle: Pat
     args = _prepare(case, ws, tiny_bundle, other)
     before = snapshot(ws)
     rlimits = {"RLIMIT_AS": case.rlimit_as} if case.rlimit_as else None
-    result = fast_cli(*args, cwd=ws, input=case.extra.get("input"), timeout=case.timeout, rlimits=rlimits)
+    result = fast_cli(*args, cwd=ws, input=case.extra.get("input"), env=case.extra.get("env"), timeout=case.timeout, rlimits=rlimits)
     assert_refused(result, case.fragment, case.progress_ok)
     assert snapshot(ws) == before, "the refused command changed or added files"
 

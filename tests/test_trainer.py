@@ -143,3 +143,57 @@ def test_not_enough_disk_space_is_reported_before_training(corpus, tmp_path: Pat
     with pytest.raises(LstmgenError, match="not enough disk space"):
         Trainer(corpus, model_config, train_config, tmp_path / "m.lstmgen").run()
     assert not (tmp_path / "m.lstmgen").exists()
+
+
+def test_default_validation_interval_adapts_to_its_cost(corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset --val-every: first validation at step 100, then only after 30× the last validation's time."""
+    from lstmgen import trainer as trainer_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: clock["now"])
+    original_validate = Trainer._validate
+    original_step = Trainer._train_step
+
+    def slow_validate(self) -> None:  # every validation "takes" 2 s, every step 1 s
+        clock["now"] += 2.0
+        original_validate(self)
+
+    def timed_step(self, *args):
+        clock["now"] += 1.0
+        return original_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_validate", slow_validate)
+    monkeypatch.setattr(Trainer, "_train_step", timed_step)
+    _train(corpus, tmp_path / "m.lstmgen", max_steps=230, val_every=None, log_every=50, seq_len=8)
+    records = [json.loads(x) for x in (run_directory(tmp_path / "m.lstmgen") / "metrics.jsonl").read_text().splitlines()]
+    # Step 100 (first), then 60 s of training later (30 × 2 s): step 160, 220, and the final one.
+    assert [r["step"] for r in records if r["type"] == "val"] == [100, 160, 220, 230]
+
+
+def test_device_defaults_keep_cpu_batches_and_widen_gpu_ones() -> None:
+    from lstmgen.trainer import apply_device_defaults
+
+    cpu = TrainConfig()
+    apply_device_defaults(cpu, torch.device("cpu"))
+    assert (cpu.batch_size, cpu.seq_len, cpu.learning_rate) == (TrainConfig().batch_size, TrainConfig().seq_len, TrainConfig().learning_rate)
+    gpu = TrainConfig()
+    apply_device_defaults(gpu, torch.device("cuda"))
+    assert (gpu.batch_size, gpu.seq_len) == (128, 128)
+
+
+def test_long_budgets_raise_dropout() -> None:
+    """Runs that will read the corpus ≥ 15 times get dropout 0.3; shorter runs keep the model's."""
+    from lstmgen.trainer import LONG_RUN_DROPOUT, budget_dropout
+
+    model = ModelConfig(vocab_size=300, embedding_size=16, hidden_size=16, num_layers=1, dropout=0.2)
+    cpu = torch.device("cpu")
+    short = TrainConfig(batch_size=4, seq_len=8, max_steps=100)  # 3,200 tokens
+    assert budget_dropout(model, short, train_tokens=1000, device=cpu) == 0.2
+    long = TrainConfig(batch_size=4, seq_len=8, max_steps=1000)  # 32,000 tokens = 32 passes
+    assert budget_dropout(model, long, train_tokens=1000, device=cpu) == LONG_RUN_DROPOUT
+    assert budget_dropout(model, TrainConfig(epochs=20), train_tokens=1000, device=cpu) == LONG_RUN_DROPOUT
+    # A time budget is turned into tokens by the measured speed (here: a fake, agreed on by all ranks).
+    timed = TrainConfig(batch_size=4, seq_len=8, max_time=10.0)
+    assert budget_dropout(model, timed, 1000, cpu, agree=lambda measured: 1000.0) == 0.2  # 10 passes
+    assert budget_dropout(model, timed, 1000, cpu, agree=lambda measured: 2000.0) == LONG_RUN_DROPOUT  # 20 passes
+    assert budget_dropout(ModelConfig(vocab_size=300, dropout=0.5), long, 1000, cpu) == 0.5  # never lowered
