@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def sample_poems(model_name: str, count: int, temperature: float, seed: int) -> 
     import lstmgen
     from lstmgen.registry import resolve_model
 
-    model = lstmgen.load(resolve_model(model_name))
+    model = lstmgen.load(resolve_model(model_name, os.environ))
     samples = model.sample_many("", count, temperature=temperature, max_tokens=300, seed=seed)
     ended = [s.text for s in samples if s.finish_reason != "length"]
     return ended, count - len(ended)
