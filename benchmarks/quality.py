@@ -65,6 +65,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
+LABELS = {"lstmgen": "lstmgen defaults (subword)", "lstmgen-char": "lstmgen `--model-type char`", "lstmgen-subword": "lstmgen `--model-type unigram`",
+          "sgd-lstm": "classic SGD LSTM (word-language-model example)", "gpt": "small GPT (nanoGPT recipe)"}
 LSTMGEN_VARIANTS = {"lstmgen": [], "lstmgen-char": ["--model-type", "char"], "lstmgen-subword": ["--model-type", "unigram"]}
 
 
@@ -394,7 +396,8 @@ def report(results: Path, doc: Path) -> None:
     budgets = sorted({key[2] for key in latest})
     lines = []
     for corpus in corpora:
-        lines += [f"**{corpus}** — held-out nats per character (bits per character / bits per byte), one stream:", "",
+        lines += [f"**{corpus}** — held-out nats per character (bits per character / bits per byte), one stream, "
+                  f"after each budget of CPU-minutes (one thread):", "",
                   "| contestant | parameters | " + " | ".join(f"{b:g} min" for b in budgets) + " | tokens/s |",
                   "|---|---:|" + "---:|" * len(budgets) + "---:|"]
         for contestant in dict.fromkeys(key[1] for key in latest if key[0] == corpus):
@@ -407,7 +410,7 @@ def report(results: Path, doc: Path) -> None:
                 cells.append(f"{r['nats_per_char']:.3f} ({r['bits_per_char']:.2f} / {r['bits_per_byte']:.2f})")
                 params = f"{r['parameters'] / 1e6:.2f}M"
                 speed = f"{r['tokens_per_second'] / 1e3:.1f}k" if r.get("tokens_per_second") else ""
-            lines.append(f"| {contestant} | {params} | " + " | ".join(cells) + f" | {speed} |")
+            lines.append(f"| {LABELS.get(contestant, contestant)} | {params} | " + " | ".join(cells) + f" | {speed} |")
         lines.append("")
     table = "\n".join(lines).rstrip() + "\n"
     text = doc.read_text(encoding="utf-8")

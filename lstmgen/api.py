@@ -100,10 +100,11 @@ class LanguageModel:
 
     def evaluate(self, text: str, streams: int | None = None) -> dict[str, Any]:
         """Same keys as `lstmgen eval --json`: tokens, nll, perplexity, bits per byte/char..."""
-        return evaluate_text(self._eval_model, self.tokenizer, text, num_streams=streams, device=self.device)
+        return evaluate_text(self._eval_model, self.tokenizer, text, num_streams=streams, device=self.device, documents=self.documents)
 
     def evaluate_file(self, path: str | Path, streams: int | None = None, errors: str = "strict") -> dict[str, Any]:
-        return evaluate_file(self._eval_model, self.tokenizer, Path(path), num_streams=streams, errors=errors, device=self.device)
+        return evaluate_file(self._eval_model, self.tokenizer, Path(path), num_streams=streams, errors=errors, device=self.device,
+                             documents=self.documents)
 
     @property
     def _eval_model(self) -> Any:

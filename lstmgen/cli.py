@@ -891,7 +891,7 @@ def _evaluate_in_context(lm: Any, path: Path, streams: Optional[int], errors: st
     """One file: the summary `eval --json` prints, its baselines, and any per-token output."""
     from .evaluation import TextWithContext, baselines as baseline_report, evaluate_tokens, summarize, token_surprisal
 
-    text = TextWithContext(lm.tokenizer, path, errors=errors, compress=baselines)
+    text = TextWithContext(lm.tokenizer, path, errors=errors, compress=baselines, documents=lm.documents)
     if detail is None:
         result = evaluate_tokens(lm._eval_model, text.tokens, text.num_bytes, text.num_chars, streams, lm.device)
     else:

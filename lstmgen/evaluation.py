@@ -74,10 +74,18 @@ def default_streams(num_tokens: int) -> int:
     return int(min(MAX_STREAMS, max(1, num_tokens // TOKENS_PER_STREAM)))
 
 
-def encode_text_stream(tokenizer: Tokenizer, lines: Iterable[str]) -> tuple[np.ndarray, int, int]:
-    """[BOS] + ids of the text, with its size in bytes and characters; reads in batches."""
+def encode_text_stream(tokenizer: Tokenizer, lines: Iterable[str], documents: str = "file") -> tuple[np.ndarray, int, int]:
+    """[BOS] + ids of the text, with its size in bytes and characters; reads in batches.
+
+    With documents="blank-line" (a model trained that way) a run of blank lines ends a document
+    and reads as one end-of-text id, exactly as training encoded its corpus (data.encode_corpus):
+    read as text, those newlines are something the model never saw, and would be scored so.
+    """
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     chunks = [np.array([tokenizer.bos_id], dtype=dtype)]
+    end_of_text = np.array([tokenizer.eos_id], dtype=dtype)
+    blank_lines = documents == "blank-line"
+    at_line_start, in_document = True, False
     batch: list[str] = []
     size = 0
     num_bytes = 0
@@ -89,10 +97,18 @@ def encode_text_stream(tokenizer: Tokenizer, lines: Iterable[str]) -> tuple[np.n
         chunks.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=count))
 
     for line in lines:
-        batch.append(line)
-        size += len(line)
         num_bytes += len(line.encode("utf-8", errors="surrogatepass"))
         num_chars += len(line)
+        if blank_lines and at_line_start and line.endswith("\n") and line.isspace():
+            if in_document:
+                flush()
+                batch, size = [], 0
+                chunks.append(end_of_text)
+            in_document = False
+            continue
+        at_line_start, in_document = line.endswith("\n"), True
+        batch.append(line)
+        size += len(line)
         if size >= 1 << 20:
             flush()
             batch, size = [], 0
@@ -131,14 +147,16 @@ def evaluate_tokens(
     return result
 
 
-def evaluate_text(model: LSTMLanguageModel, tokenizer: Tokenizer, text: str, num_streams: int | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
-    tokens, num_bytes, num_chars = encode_text_stream(tokenizer, text.splitlines(keepends=True))
+def evaluate_text(model: LSTMLanguageModel, tokenizer: Tokenizer, text: str, num_streams: int | None = None, device: torch.device | str = "cpu",
+                  documents: str = "file") -> dict[str, Any]:
+    tokens, num_bytes, num_chars = encode_text_stream(tokenizer, text.splitlines(keepends=True), documents)
     return evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device)
 
 
-def evaluate_file(model: LSTMLanguageModel, tokenizer: Tokenizer, path: Path, num_streams: int | None = None, errors: str = "strict", device: torch.device | str = "cpu") -> dict[str, Any]:
+def evaluate_file(model: LSTMLanguageModel, tokenizer: Tokenizer, path: Path, num_streams: int | None = None, errors: str = "strict",
+                  device: torch.device | str = "cpu", documents: str = "file") -> dict[str, Any]:
     reader = CorpusReader(path, errors)
-    tokens, num_bytes, num_chars = encode_text_stream(tokenizer, reader.lines())
+    tokens, num_bytes, num_chars = encode_text_stream(tokenizer, reader.lines(), documents)
     result = evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device)
     result["file"] = str(path)
     return result
@@ -324,11 +342,11 @@ def token_surprisal(model: Any, tokens: np.ndarray, top_k: int = 5, seq_len: int
 class TextWithContext:
     """One pass over a text file: its token ids, its size, and its compressed sizes on the way."""
 
-    def __init__(self, tokenizer: Tokenizer, path: Path, errors: str = "strict", compress: bool = True) -> None:
+    def __init__(self, tokenizer: Tokenizer, path: Path, errors: str = "strict", compress: bool = True, documents: str = "file") -> None:
         reader = CorpusReader(path, errors)
         self.path = Path(path)
         self._sizes = CompressedSizes() if compress else None
-        self.tokens, self.num_bytes, self.num_chars = encode_text_stream(tokenizer, self._tee(reader.lines()))
+        self.tokens, self.num_bytes, self.num_chars = encode_text_stream(tokenizer, self._tee(reader.lines()), documents)
         self.compressed = self._sizes.sizes() if self._sizes is not None else None
 
     def _tee(self, lines: Iterable[str]) -> Iterator[str]:

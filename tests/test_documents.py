@@ -202,3 +202,25 @@ def test_train_documents_option_and_tokenizer_directory(small_corpus: Path, tmp_
     assert made.returncode == 0, made.stderr
     assert dry_run("--tokenizer", str(tmp_path / "given.tok"))["documents"] == "blank-line"  # the directory's own setting
     assert dry_run("--tokenizer", str(tmp_path / "given.tok"), "--documents", "file")["documents"] == "file"
+
+
+@pytest.mark.parametrize("documents", ["blank-line", "file"])
+def test_evaluation_reads_documents_as_training_did(tokenizer, tmp_path: Path, documents: str) -> None:
+    """`eval` of a blank-line model scores the text as the model was trained on it: EOS for blank runs."""
+    from lstmgen.data import CorpusReader
+    from lstmgen.evaluation import encode_text_stream
+
+    corpus = _encode(tokenizer, tmp_path, [POEM_FILE], documents, val_fraction=0.5)
+    path = tmp_path / "part0.txt"
+    ids, num_bytes, num_chars = encode_text_stream(tokenizer, CorpusReader(path, "strict").lines(), documents)
+    trained = [int(t) for t in corpus.tokens()]
+    assert [int(t) for t in ids] == [tokenizer.bos_id] + trained[:-1]  # training's stream ends with one more EOS
+    assert (num_bytes, num_chars) == (len(POEM_FILE.encode()), len(POEM_FILE))
+
+
+def test_poem_model_evaluates_with_its_document_convention(poem_model) -> None:
+    text = "first poem\nline two\n\n\nsecond poem\n"
+    as_documents = poem_model.evaluate(text)
+    lines = ["first poem\n", "line two\n", "second poem\n"]
+    assert as_documents["tokens"] == sum(len(poem_model.tokenizer.encode(line)) for line in lines) + 1  # + one EOS for the blank run
+    assert as_documents["chars"] == len(text)
