@@ -253,7 +253,7 @@ CASES = [
     Case("corpus-is-a-bundle", ["train", "{b}", "-o", "{w}/m.lstmgen"], "--init-from"),
     Case("corpus-smaller-than-a-validation-split", ["tokenize", "{w}/tiny.txt", "-o", "{w}/t.tok"], "too small",
          setup=_write("tiny.txt", b"hi there\n"), progress_ok=True),
-    Case("corpus-smaller-than-one-window", ["train", "{w}/little.txt", "-o", "{w}/m.lstmgen", "--max-steps", "2"], "shorter than one batch",
+    Case("corpus-smaller-than-one-window", ["train", "{w}/little.txt", "-o", "{w}/m.lstmgen", "--max-steps", "2", "--seq-len", "128"], "shorter than one batch",
          setup=lambda ws: (ws / "little.txt").write_bytes(SHAKESPEARE.read_bytes()[:3000]), progress_ok=True),
     # vocabulary sizes
     Case("vocab-0", ["tokenize", "{c}", "--vocab-size", "0", "-o", "{w}/t.tok"], "--vocab-size must be a whole number from 8"),
@@ -768,8 +768,11 @@ def test_eval_streams_with_bounded_memory(fast_cli, tiny_bundle: Path, tmp_path:
 
 @pytest.mark.slow
 def test_sample_with_a_long_prompt_has_bounded_memory(fast_cli, tiny_bundle: Path, tmp_path: Path) -> None:
-    large = int((PRESSURE_MB or 5) * (1 << 20) / 80)
+    # 1 MiB against 128 KiB, so that a few MB of allocator noise between two processes stay a few
+    # bytes per prompt byte. Holding the prompt's text, lines and ids costs tens of bytes per byte
+    # (~29 measured); keeping its activations or logits would cost hundreds to thousands.
+    large = int((PRESSURE_MB or 5) * (1 << 20) / 5)
     slope = _growth_per_byte(fast_cli, tmp_path,
                              lambda p: ["sample", "-m", str(tiny_bundle), "--prompt-file", str(p), "--max-tokens", "5", "--no-echo-prompt"],
-                             large // 4, large)
-    assert slope < 16, f"sample needs {slope:.1f} extra bytes of memory per byte of prompt"
+                             large // 8, large)
+    assert slope < 64, f"sample needs {slope:.1f} extra bytes of memory per byte of prompt"

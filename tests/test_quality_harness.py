@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def quality():
     spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop("quality", None)
 
 
 def test_split_is_lstmgens_own(quality, small_corpus: Path, tmp_path: Path) -> None:
