@@ -36,6 +36,10 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from docsection import replace_section  # noqa: E402
+from quality import Split, score  # noqa: E402
 
 from lstmgen.config import TokenizerConfig, TrainConfig, parse_duration  # noqa: E402
 from lstmgen.data import tokenize_corpus  # noqa: E402
@@ -75,16 +79,13 @@ def lstmgen_run(corpus, model_config, train_config: TrainConfig, output: Path) -
 
 
 def held_out_nats_per_char(bundle_path: Path, corpus_path: Path) -> float:
+    """Scored exactly as benchmarks/quality.py scores every contestant."""
     from lstmgen.bundle import load_bundle
-    from lstmgen.evaluation import encode_text_stream, total_nll
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality import Split
+    from lstmgen.evaluation import total_nll
 
     bundle = load_bundle(bundle_path)
-    split = Split.of(corpus_path)
-    tokens, _, num_chars = encode_text_stream(bundle.tokenizer, split.val_text.splitlines(keepends=True))
-    return total_nll(bundle.build_model("cpu"), tokens, num_streams=1)[0] / num_chars
+    model = bundle.build_model("cpu")
+    return score(lambda tokens: total_nll(model, tokens, num_streams=1)[0], bundle.tokenizer, Split.of(corpus_path).val_text)["nats_per_char"]
 
 
 def measure(corpus_path: Path, model_type: str, max_time: float, bound_steps: int, work: Path) -> dict:
@@ -117,12 +118,7 @@ def write_doc(rows: list[dict]) -> str:
                      f"{r['steps']:,} ({r['validations']}) | {bound:,.0f} ({r['bound_before']:,.0f} / {r['bound_after']:,.0f}) | "
                      f"{r['lstmgen']:,.0f} | **{r['lstmgen'] / bound:.2f}** | {r['nats_per_char']:.3f} | {r['date']}, {r['threads']} threads, {r['corpus']} |")
     table = "\n".join(lines) + "\n"
-    text = DOC.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{table}{END}{tail}", encoding="utf-8")
+    replace_section(DOC, BEGIN, END, table)
     return table
 
 

@@ -56,10 +56,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lstmgen.bundle import load_bundle
-from lstmgen.data import CorpusReader
-from lstmgen.evaluation import encode_text_stream, total_nll
-from lstmgen.tokenizer import Tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from docsection import replace_section  # noqa: E402
+from lstmgen.bundle import load_bundle  # noqa: E402
+from lstmgen.data import CorpusReader  # noqa: E402
+from lstmgen.evaluation import encode_text_stream, total_nll  # noqa: E402
+from lstmgen.tokenizer import Tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
@@ -413,12 +416,7 @@ def report(results: Path, doc: Path) -> None:
             lines.append(f"| {LABELS.get(contestant, contestant)} | {params} | " + " | ".join(cells) + f" | {speed} |")
         lines.append("")
     table = "\n".join(lines).rstrip() + "\n"
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{table}{END}{tail}", encoding="utf-8")
+    replace_section(doc, BEGIN, END, table)
     print(table)
 
 
