@@ -31,7 +31,7 @@ import torch
 from . import __version__
 from .config import ModelConfig, from_dict, to_dict
 from .errors import LstmgenError
-from .fsutil import atomic_writer
+from .fsutil import BUNDLE, atomic_writer
 from .tokenizer import Tokenizer
 
 BUNDLE_FORMAT = "lstmgen-bundle"
@@ -125,7 +125,7 @@ def save_bundle(
         "versions": _versions(),
     }
     weights = save_safetensors(export_tensors(model, dtype), metadata={"format": "pt"})
-    with atomic_writer(Path(path)) as handle:
+    with atomic_writer(Path(path), BUNDLE, "bundle") as handle:
         with zipfile.ZipFile(handle, "w") as archive:
             archive.writestr(META_NAME, json.dumps(meta, indent=2, allow_nan=False) + "\n", zipfile.ZIP_DEFLATED)
             archive.writestr(TOKENIZER_NAME, tokenizer.model_proto, zipfile.ZIP_DEFLATED)

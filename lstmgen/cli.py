@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -87,6 +90,8 @@ def _stderr_console() -> Any:
 
 def _write_stdout(text: str) -> None:
     """Write data to stdout; when the reader has gone (`| head`), stop quietly."""
+    if "stdout" in _CLOSED_STREAMS:
+        raise LstmgenError("standard output is closed, so there is nowhere to write the results; redirect it to a file or a pipe")
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -123,6 +128,16 @@ def _human_count(value: float) -> str:
             return f"{value:.0f}{unit}" if unit == "" else f"{value:.1f}{unit}"
         value /= 1000
     return f"{value:.1f}T"
+
+
+def _budget_text(elapsed: float, progress: float) -> str:
+    """Elapsed time, the share of the budget done and the time left, for progress lines in logs."""
+    text = f"{_format_seconds(elapsed)} elapsed"
+    if progress <= 0:
+        return text
+    done = min(progress, 1.0)
+    left = elapsed * (1.0 - done) / done
+    return f"{text}, {done:.0%} of the budget, ~{_format_seconds(left)} left"
 
 
 def _format_seconds(seconds: float) -> str:
@@ -171,18 +186,16 @@ def tokenize(
     config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage, documents=documents)
     config.validate()
     directory = output or Path(corpus[0].stem + ".tok")
-    if directory.exists() and not directory.is_dir():
-        raise LstmgenError(f"output {directory} exists and is not a directory; choose another -o")
-    from .fsutil import check_writable_directory
-
-    check_writable_directory(directory / "tokens.json" if directory.exists() else directory, "tokenized corpus")
     import time
 
     from .data import check_corpus_file, sample_lines
+    from .fsutil import check_output_directory, declare_input
     from .tokenizer import train_tokenizer
 
     for path in corpus:
         check_corpus_file(path)
+        declare_input(path, "a corpus file")
+    check_output_directory(directory, "tokenized corpus", members=("tokens.bin", "tokens.json", "tokenizer.model"), marker="tokens.json")
     started = time.perf_counter()
     tokenizer = train_tokenizer(sample_lines(corpus, config.max_training_bytes, errors), config)
     trained = time.perf_counter()
@@ -230,6 +243,7 @@ class _TrainDisplay:
         self.task: Any = None
         self.val_loss: float | None = None
         self.val_bpc: float | None = None
+        self.end_event: dict[str, Any] | None = None  # the run's end, kept for the line an interrupted run prints
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -237,7 +251,7 @@ class _TrainDisplay:
             action = "resuming" if event["resumed"] else "training"
             model = event["model"]
             _info(
-                f"{action} a {model['num_layers']}×{model['hidden_size']} LSTM ({event['parameters']:,} parameters, "
+                f"{action} a {model['num_layers']}×{model['hidden_size']} {str(model.get('cell', 'lstm')).upper()} ({event['parameters']:,} parameters, "
                 f"vocabulary {model['vocab_size']}) on {event['device']}"
             )
             if self.interactive:
@@ -255,7 +269,7 @@ class _TrainDisplay:
             if self.progress:
                 self.progress.update(self.task, completed=min(1.0, event["progress"]), status=status)
             else:
-                _info(f"{status} {_format_seconds(event['elapsed'])} elapsed")
+                _info(f"{status} {_budget_text(event['elapsed'], event['progress'])}")
         elif kind == "val":
             self.val_loss, self.val_bpc = event["val_loss"], event["val_bits_per_char"]
             if not self.progress:
@@ -263,10 +277,13 @@ class _TrainDisplay:
                 _info(f"validation at step {event['step']}: loss {event['val_loss']:.4f} nats/token, {event['val_bits_per_char']:.4f} bits/char{mark}")
         elif kind == "end":
             self.close()
+            self.end_event = event
+            if event.get("stopped_by") == "signal":
+                return  # the CLI prints one line for an interrupted run
             best = event["best_val_loss"]
             best_text = f"best validation loss {best:.4f} nats/token ({event['best_val_bits_per_char']:.4f} bits/char)" if best is not None else "no validation yet"
             _info(
-                f"done after {event['steps']} steps, {_format_seconds(event['elapsed'])}, "
+                f"done after {_plural(event['steps'], 'step')}, {_format_seconds(event['elapsed'])}, "
                 f"{_human_count(event['tokens_per_second'])} tok/s; {best_text}; model in {event['output']}"
             )
 
@@ -309,7 +326,8 @@ def train(
     checkpoint_every: Optional[str] = typer.Option(None, help="Checkpoint interval, e.g. 10m."),
     log_every: Optional[int] = typer.Option(None, help="Log every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run that wrote -o exactly where it stopped."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this bundle's weights and tokenizer (fine-tuning)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over when -o already holds a model or its run a checkpoint (both are replaced)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model's weights and tokenizer (fine-tuning): a bundle path or a model name, as -m takes it."),
     errors: str = typer.Option("strict", help="Invalid UTF-8 in the corpus: strict or replace."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration as JSON and exit."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file with [tokenizer], [model] and [train] tables; flags override it."),
@@ -318,22 +336,28 @@ def train(
     from .bundle import load_bundle
     from .config import TokenizerConfig, TrainConfig, apply_settings, load_config_file, parse_duration
     from .data import check_corpus_file
-    from .fsutil import check_writable_directory
     from .distributed import setup as setup_distributed
-    from .trainer import Trainer, apply_device_defaults, budget_dropout, load_checkpoint_config, resolve_device, run_directory, suggest_model
+    from .trainer import RunLock, Trainer, apply_device_defaults, budget_dropout, load_checkpoint_config, resolve_device, run_directory, suggest_model
 
     group = setup_distributed()
     if not group.is_main:
         _setup_logging(quiet=True)
+    if resume and overwrite:
+        raise LstmgenError("--resume continues the run and --overwrite starts it over; give one of them")
     for path in corpus:
         check_corpus_file(path)
     output = output or Path(corpus[0].stem + ".lstmgen")
-    check_writable_directory(output, "bundle")
     run_dir = run_directory(output)
+    init_path = _resolve_model(str(init_from)) if init_from is not None else None
+    if tokenizer_dir is not None:
+        _check_tokenizer_dir(tokenizer_dir)
+    _declare_train_inputs(corpus, tokenizer_dir, init_path, config_file)
+    _check_train_outputs(output, run_dir, tokenizer_dir)
 
     saved = load_checkpoint_config(output) if resume else None
     if resume and saved is None:
         raise LstmgenError(f"nothing to resume: {run_dir / 'checkpoint.ckpt'} does not exist; run without --resume")
+    saved_val_fraction = saved[1].val_fraction if saved else None
     file_settings = load_config_file(config_file) if config_file is not None else {}
     train_config = saved[1] if saved else TrainConfig()
     if not saved:
@@ -358,6 +382,9 @@ def train(
         train_config.val_fraction = val_fraction
     val_fraction = train_config.val_fraction
     train_config.validate()
+    if saved and val_fraction != saved_val_fraction:
+        raise LstmgenError(f"cannot resume: --val-fraction differs (checkpoint {saved_val_fraction!r}, now {val_fraction!r}); "
+                           "drop the option or start over with --overwrite")
     _check_model_options(hidden_size, embedding_size, layers, dropout)
     device_obj = resolve_device(train_config.device)
     if train_config.threads:
@@ -372,71 +399,248 @@ def train(
         if value is not None:
             setattr(tokenizer_config, name, value)
     tokenizer_config.validate()
-    init_bundle = load_bundle(init_from) if init_from is not None else None
-    if group.is_main:
-        created = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
-                                              documents=documents)
-            _check_corpus_fits_a_batch(corpus_data.split, train_config)
-        except BaseException:
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        group.barrier()
-    else:
-        group.barrier()  # rank 0 has written the encoding; the other ranks find it ready
-        corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
-                                              documents=documents)
-
-    if saved:
-        model_config = saved[0]
-    elif init_bundle is not None:
-        model_config = init_bundle.model_config
-    else:
-        model_config = suggest_model(corpus_data.split, corpus_data.meta["vocab_size"], device_obj)
-    file_model = dict(file_settings.get("model", {}))
-    if file_model and not saved and init_bundle is None:
-        if "hidden_size" in file_model and "embedding_size" not in file_model:
-            file_model["embedding_size"] = file_model["hidden_size"]
-        apply_settings(model_config, file_model, "model")
-    model_overrides = {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout, "cell": cell}
-    for name, value in model_overrides.items():
-        if value is not None:
-            setattr(model_config, name, value)
-    if hidden_size is not None and embedding_size is None and not saved and init_bundle is None:
-        model_config.embedding_size = hidden_size
-    if not tie_weights:
-        model_config.tie_weights = False
-    if not saved and init_bundle is None and dropout is None and "dropout" not in file_model:
-        model_config.dropout = budget_dropout(model_config, train_config, corpus_data.split, device_obj, group.broadcast_float)
-    model_config.validate()
-    if init_bundle is not None and (model_config != init_bundle.model_config):
-        raise LstmgenError("--init-from keeps the base model's sizes; drop --hidden-size/--embedding-size/--layers/--no-tie-weights")
-
-    if dry_run:
+    init_bundle = load_bundle(init_path) if init_path is not None else None
+    if init_bundle is not None:
+        _check_init_from_options(init_bundle.model_config, hidden_size, embedding_size, layers, tie_weights, cell)
+    # The lock comes before anything in the run directory is read for reuse or written: a refused run changes nothing.
+    lock: Any = RunLock(run_dir) if group.is_main else contextlib.nullcontext()
+    with lock, _termination_raises():
         if group.is_main:
-            _write_stdout(json.dumps(_dry_run_report(model_config, train_config, corpus_data, device_obj), indent=2) + "\n")
-        return
-    if not resume and (run_dir / "checkpoint.ckpt").exists():
-        logging.getLogger("lstmgen").warning("%s holds a checkpoint of an earlier run; starting over (use --resume to continue it)", run_dir)
-    display = _TrainDisplay()
-    trainer = Trainer(corpus_data, model_config, train_config, output, on_event=display, resume=resume,
-                      init_weights=init_bundle.tensors if init_bundle is not None else None, group=group)
-    try:
-        trainer.run()
-    except TrainingInterrupted as interrupted:
-        display.close()
-        command = "lstmgen train " + " ".join(str(p) for p in corpus) + f" -o {output} --resume"
-        print(f"interrupted: {interrupted}; best model so far in {output}; resume with: {command}", file=sys.stderr)
-        raise typer.Exit(130 if interrupted.signal_number == signal.SIGINT else 143) from None
-    finally:
-        display.close()
-        if group.enabled:
-            from .distributed import shutdown
+            _refuse_replacing_a_run(output, run_dir, resume, overwrite)
+            if saved:
+                _check_resume_inputs(run_dir, corpus, tokenizer_dir, init_bundle)
+            try:
+                corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
+                                              documents=documents)
+                _check_corpus_fits_a_batch(corpus_data.split, train_config)
+            except BaseException:
+                if lock.created:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            group.barrier()
+        else:
+            group.barrier()  # rank 0 has written the encoding; the other ranks find it ready
+            corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
+                                          documents=documents)
 
-            shutdown()
+        if saved:
+            model_config = saved[0]
+        elif init_bundle is not None:
+            model_config = dataclasses.replace(init_bundle.model_config)  # a copy: --dropout may change, the base stays as it is
+        else:
+            model_config = suggest_model(corpus_data.split, corpus_data.meta["vocab_size"], device_obj)
+        file_model = dict(file_settings.get("model", {}))
+        if file_model and not saved and init_bundle is None:
+            if "hidden_size" in file_model and "embedding_size" not in file_model:
+                file_model["embedding_size"] = file_model["hidden_size"]
+            apply_settings(model_config, file_model, "model")
+        model_overrides = {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout, "cell": cell}
+        for name, value in model_overrides.items():
+            if value is not None:
+                setattr(model_config, name, value)
+        if hidden_size is not None and embedding_size is None and not saved and init_bundle is None:
+            model_config.embedding_size = hidden_size
+        if not tie_weights:
+            model_config.tie_weights = False
+        if not saved and init_bundle is None and dropout is None and "dropout" not in file_model:
+            model_config.dropout = budget_dropout(model_config, train_config, corpus_data.split, device_obj, group.broadcast_float)
+        model_config.validate()
+
+        if dry_run:
+            if group.is_main:
+                _write_stdout(json.dumps(_dry_run_report(model_config, train_config, corpus_data, device_obj), indent=2) + "\n")
+            return
+        display = _TrainDisplay()
+        trainer = Trainer(corpus_data, model_config, train_config, output, on_event=display, resume=resume,
+                          init_weights=init_bundle.tensors if init_bundle is not None else None, group=group)
+        try:
+            trainer.run()
+        except TrainingInterrupted as interrupted:
+            display.close()
+            print(_interrupted_line(display.end_event, corpus, output), file=sys.stderr)
+            raise typer.Exit(130 if interrupted.signal_number == signal.SIGINT else 143) from None
+        finally:
+            display.close()
+            if group.enabled:
+                from .distributed import shutdown
+
+                shutdown()
+
+
+def _declare_train_inputs(corpus: list[Path], tokenizer_dir: Optional[Path], init_path: Optional[Path], config_file: Optional[Path]) -> None:
+    """Tell the guard (fsutil) what `train` reads, so that none of it can be written over."""
+    from .fsutil import declare_input
+
+    for path in corpus:
+        declare_input(path, "a corpus file")
+    declare_input(tokenizer_dir, "the --tokenizer directory")
+    declare_input(init_path, "the --init-from model")
+    declare_input(config_file, "the --config file")
+
+
+def _check_tokenizer_dir(path: Path) -> None:
+    """--tokenizer names an existing path (TokenizedCorpus.open says what is wrong with one that exists)."""
+    from .fsutil import stat_or_none
+
+    if stat_or_none(path, "read tokenized corpus") is None:
+        raise LstmgenError(f"tokenized corpus {path} does not exist; create it with `lstmgen tokenize CORPUS -o {path}`")
+
+
+def _check_train_outputs(output: Path, run_dir: Path, tokenizer_dir: Optional[Path]) -> None:
+    """The guard's checks of the bundle and the run directory beside it, before any work."""
+    from .fsutil import BUNDLE, check_output, check_output_directory
+    from .trainer import RUN_FILES
+
+    check_output(output, BUNDLE, "bundle")
+    check_output_directory(run_dir, "run directory", members=RUN_FILES)
+    if tokenizer_dir is not None and os.path.realpath(tokenizer_dir) == os.path.realpath(run_dir / "tokens"):
+        raise LstmgenError(f"--tokenizer {tokenizer_dir} is the encoding this run writes; copy it elsewhere first, or drop --tokenizer")
+
+
+def _check_init_from_options(base: Any, hidden_size: Optional[int], embedding_size: Optional[int], layers: Optional[int],
+                             tie_weights: bool, cell: Optional[str]) -> None:
+    """--init-from keeps the base model's architecture: refuse an option that changes it, before any work."""
+    changed = [option for option, value, kept in (("--hidden-size", hidden_size, base.hidden_size), ("--embedding-size", embedding_size, base.embedding_size),
+                                                  ("--layers", layers, base.num_layers), ("--cell", cell, base.cell))
+               if value is not None and value != kept]
+    if not tie_weights and base.tie_weights:
+        changed.append("--no-tie-weights")
+    if changed:
+        raise LstmgenError(f"--init-from keeps the base model's architecture ({base.num_layers}×{base.hidden_size} {base.cell}, embedding "
+                           f"{base.embedding_size}{', tied' if base.tie_weights else ', untied'} weights); drop {', '.join(changed)}")
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived while a run was being prepared (the trainer handles it itself once training runs)."""
+
+
+@contextlib.contextmanager
+def _termination_raises() -> Any:
+    """Turn SIGTERM into an exception, so that a run stopped while it tokenizes cleans up what it made."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def _interrupted_line(end: Optional[dict[str, Any]], corpus: list[Path], output: Path) -> str:
+    """The one line an interrupted run ends with: where it stopped, what was saved, how to go on (shell-quoted)."""
+    command = " ".join(["lstmgen", "train", *(shlex.quote(str(p)) for p in corpus), "-o", shlex.quote(str(output)), "--resume"])
+    if end is None:
+        return f"interrupted; checkpoint saved; resume with: {command}"
+    bpc = end.get("best_val_bits_per_char")
+    quality = f"{bpc:.4f} bits/char" if bpc is not None else "no validation yet"
+    return (f"interrupted after {_plural(end['steps'], 'step')} ({_format_seconds(end['elapsed'])}); checkpoint saved, "
+            f"best model so far in {output} ({quality}); resume with: {command}")
+
+
+def _refuse_replacing_a_run(output: Path, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run must not replace a trained model or another run's checkpoint unless --overwrite says so."""
+    found = _previous_run(output, run_dir)
+    if found is None or resume:
+        return
+    if overwrite:
+        _info(f"--overwrite: starting over, replacing what is there: {found}")
+        return
+    raise LstmgenError(f"{found}; continue it with --resume, write to another -o, or start over with --overwrite")
+
+
+def _previous_run(output: Path, run_dir: Path) -> Optional[str]:
+    """What a fresh run would replace, in words (steps, bits per character, date), or None."""
+    from .fsutil import stat_or_none
+
+    parts = []
+    bundle = stat_or_none(output)
+    if bundle is not None and bundle.st_size > 0:
+        meta = _bundle_training(output)
+        steps = meta.get("steps")
+        bpc = meta.get("best_val_bits_per_char")
+        facts = [f"{bpc:.2f} bits/char" if isinstance(bpc, (int, float)) and math.isfinite(bpc) else "no validation", _date(bundle.st_mtime)]
+        trained = f"a model trained for {_plural(steps, 'step')}" if isinstance(steps, int) else "a model bundle"
+        parts.append(f"{output} already holds {trained} ({', '.join(facts)})")
+    checkpoint = run_dir / "checkpoint.ckpt"
+    saved = stat_or_none(checkpoint)
+    if saved is not None:
+        step = (_checkpoint_state(checkpoint).get("progress") or {}).get("step")
+        at = f"at step {step:,}" if isinstance(step, int) else "(unreadable)"
+        parts.append(f"{run_dir} holds the checkpoint of a run {at} ({_date(saved.st_mtime)})")
+    return " and ".join(parts) or None
+
+
+def _date(timestamp: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _bundle_training(path: Path) -> dict[str, Any]:
+    """The `training` record of a bundle's metadata, read without the weights ({} when unreadable)."""
+    from .registry import META_LIMIT, META_NAME, _read_member
+
+    try:
+        training = json.loads(_read_member(path, META_NAME, META_LIMIT)).get("training")
+    except Exception:  # a damaged bundle is still a bundle: say so without its figures
+        return {}
+    return training if isinstance(training, dict) else {}
+
+
+def _checkpoint_state(path: Path) -> dict[str, Any]:
+    """state.json of a checkpoint (progress and fingerprint), read without the tensors ({} when unreadable)."""
+    import stat as stat_module
+    import zipfile
+
+    from .trainer import CHECKPOINT_MEMBERS
+
+    limit = CHECKPOINT_MEMBERS["state.json"]
+    try:
+        if not stat_module.S_ISREG(os.stat(path).st_mode):
+            return {}
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("state.json")
+            if info.file_size > limit:
+                return {}
+            with archive.open(info) as member:
+                state = json.loads(member.read(limit + 1))
+    except Exception:  # damaged: --resume reports it precisely; here it only describes the file
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _check_resume_inputs(run_dir: Path, corpus: list[Path], tokenizer_dir: Optional[Path], init_bundle: Any) -> None:
+    """Refuse a --resume with another corpus or tokenizer before the run's encoding is touched."""
+    import hashlib
+
+    from .data import corpus_digest, file_sha256
+
+    fingerprint = _checkpoint_state(run_dir / "checkpoint.ckpt").get("fingerprint") or {}
+    expected = fingerprint.get("corpus_sha256")
+    if expected is not None and corpus_digest([file_sha256(p) for p in corpus]) != expected:
+        raise LstmgenError("cannot resume: the corpus differs from the checkpoint's; pass the run's corpus files (same order), "
+                           "or start over with --overwrite")
+    proto = None
+    if init_bundle is not None:
+        proto = init_bundle.tokenizer.model_proto
+    elif tokenizer_dir is not None:
+        from .fsutil import read_regular_file
+
+        proto = read_regular_file(Path(tokenizer_dir) / "tokenizer.model", 64 << 20, "tokenizer")
+    expected = fingerprint.get("tokenizer_sha256")
+    if proto is not None and expected is not None and hashlib.sha256(proto).hexdigest() != expected:
+        raise LstmgenError("cannot resume: the tokenizer differs from the checkpoint's; drop --tokenizer/--init-from, or start over with --overwrite")
 
 
 def _check_model_options(hidden_size: Optional[int], embedding_size: Optional[int], layers: Optional[int], dropout: Optional[float]) -> None:
@@ -558,6 +762,19 @@ def _resolve_model(model: Optional[str]) -> Path:
     return resolve_model(model, os.environ)
 
 
+def _model_and_page(model: Optional[str], texts: list[Path], html_path: Optional[Path]) -> Path:
+    """Resolve -m, tell the guard (fsutil) what the command reads, and check --html against it, before any work."""
+    from .fsutil import HTML, check_output, declare_input
+
+    model_path = _resolve_model(model)
+    declare_input(model_path, "the model")
+    for path in texts:
+        declare_input(path, "a text file")
+    if html_path is not None:
+        check_output(html_path, HTML, "HTML page", "--html")
+    return model_path
+
+
 def _check_text_file(path: Path, command: str) -> None:
     """check_corpus_file, saying where a bundle goes when one is given as the text (`lstmgen eval MODEL FILE`)."""
     from .data import check_corpus_file
@@ -568,14 +785,35 @@ def _check_text_file(path: Path, command: str) -> None:
     check_corpus_file(path)
 
 
+#: A prompt file is read whole; sampling reads long prompts in windows, but a prompt beyond this is a mistake.
+PROMPT_FILE_LIMIT = 256 << 20
+
+
+def _read_prompt_file(path: Path) -> str:
+    """A UTF-8 text file, read within bounds (a regular file; never a FIFO or device, which could block forever)."""
+    from .fsutil import describe_content, read_regular_file
+
+    data = read_regular_file(path, PROMPT_FILE_LIMIT, "prompt file", "pass a text file, or pipe the prompt in with --prompt -")
+    kind = describe_content(data[:4096])
+    if kind in ("binary file", "model bundle", "PNG image"):
+        raise LstmgenError(f"prompt file {path} looks like a binary file ({kind}), not text; pass a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise LstmgenError(f"prompt file {path} is not valid UTF-8 (byte offset {error.start}); save it as UTF-8") from None
+    if "\x00" in text:
+        raise LstmgenError(f"prompt file {path} looks like a binary file (it contains NUL bytes); pass a text file")
+    return text
+
+
 def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     if prompt is not None and prompt_file is not None:
         raise LstmgenError("give either --prompt or --prompt-file, not both")
     if prompt_file is not None:
-        from .data import CorpusReader
-
-        return "".join(CorpusReader(prompt_file).lines())
+        return _read_prompt_file(prompt_file)
     if prompt == "-":
+        if "stdin" in _CLOSED_STREAMS:
+            raise LstmgenError("--prompt - reads the prompt from stdin, but stdin is closed; pipe the prompt in or use --prompt TEXT")
         data = sys.stdin.buffer.read()
         try:
             return data.decode("utf-8")
@@ -604,7 +842,7 @@ def sample(
     max_chars: Optional[int] = typer.Option(None, help="Stop a sample after this many characters."),
     stop: list[str] = typer.Option([], "--stop", help="Stop a sample at this string (not printed); repeatable."),
     num_samples: int = typer.Option(1, "-n", "--num-samples", help="Samples to generate (as one batch)."),
-    separator: str = typer.Option("\n\n", help="Printed between samples in text format (default: a blank line).", show_default=False),
+    separator: str = typer.Option("\n\n", help="Printed between samples in text format, where the sample before ends its last line (its line break counts as the separator's first); default: a blank line.", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed; the same seed gives the same text."),
     output_format: str = typer.Option("text", "--format", help="text or jsonl (one JSON object per sample)."),
     echo_prompt: bool = typer.Option(True, "--echo-prompt/--no-echo-prompt", help="Print the prompt before its continuation (text format)."),
@@ -681,8 +919,8 @@ class _SamplePrinter:
         def open_sample(index: int) -> None:
             if self.jsonl:
                 return
-            if index > 0:
-                self._write(self.separator)
+            if index > 0:  # the sample before ended its line: a separator's leading line break is that one
+                self._write(self.separator[1:] if self.separator.startswith("\n") else self.separator)
             self._write((prompt if self.echo_prompt else "") + "".join(buffered.pop(index, [])))
 
         def close_sample(index: int) -> None:
@@ -818,10 +1056,14 @@ def evaluate(
     detail = _check_eval_detail(files, as_json, streams, per_token, top_k_alternatives, heatmap, html_path)
     for path in files:
         _check_text_file(path, "eval")
+    model_path = _model_and_page(model, files, html_path)
     from .api import LanguageModel
 
-    lm = LanguageModel.load(_resolve_model(model), device=device, quantize=quantize)
+    lm = LanguageModel.load(model_path, device=device, quantize=quantize)
     results = [_evaluate_in_context(lm, path, streams, errors, baselines, detail) for path in files]
+    for result in results:
+        if not result["tokens"] or not math.isfinite(result["nll"]):
+            raise LstmgenError(f"{result['file']} has no text to score (nothing but blank lines, or nothing the model reads); give a file with text")
     if quantize != "none":
         for result in results:
             result["quantize"] = quantize
@@ -880,10 +1122,6 @@ def _check_eval_detail(files: list[Path], as_json: bool, streams: Optional[int],
         raise LstmgenError("--heatmap and --html show one file; evaluate the files one at a time")
     if streams is not None and streams != 1:
         raise LstmgenError("--per-token, --heatmap and --html read the text as one stream; drop --streams")
-    if html_path is not None:
-        from .fsutil import check_writable_directory
-
-        check_writable_directory(html_path, "HTML page")
     return {"per_token": per_token, "top_k": top_k, "heatmap": heatmap, "html": html_path, "multi": len(files) > 1}
 
 
@@ -1034,12 +1272,13 @@ def info(
 
     if model is not None and model_option is not None:
         raise LstmgenError("give the model once: `lstmgen info MODEL` or `lstmgen info -m MODEL`")
+    path = _resolve_model(model if model is not None else model_option)
     if plot is not None:
-        from .fsutil import check_writable_directory
+        from .fsutil import PNG, check_output, declare_input
 
         _require_matplotlib()
-        check_writable_directory(plot, "plot")
-    path = _resolve_model(model if model is not None else model_option)
+        declare_input(path, "the model")
+        check_output(plot, PNG, "plot", "--plot")
     bundle = load_bundle(path)
     parameters = LSTMLanguageModel(bundle.model_config).num_parameters()
     meta = {**bundle.meta, "parameters": parameters}
@@ -1068,19 +1307,23 @@ def info(
     lines.append(f"corpus      {_corpus_files_text(training.get('corpus_files'))}sha256 {training.get('corpus_sha256', '?')}")
     versions = meta.get("versions", {})
     lines.append("versions    " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    on_terminal = sys.stdout.isatty()
-    stream = sys.stdout if on_terminal else sys.stderr
-    print("\n".join(lines), file=stream)
+    # The summary is data (`lstmgen info MODEL > f` keeps it): stdout, like --json.
+    _write_stdout("\n".join(lines) + "\n")
     if curve is not None:
+        import io
+
         from rich.console import Console
 
-        print(file=stream)
-        console = Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
         from .visualize import print_curve
 
-        print_curve(curve, console, width=max(20, min(72, console.width - 12)))
+        width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=width, force_terminal=sys.stdout.isatty() and not os.environ.get("NO_COLOR"),
+                          no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+        print_curve(curve, console, width=max(20, min(72, width - 12)))
+        _write_stdout("\n" + buffer.getvalue())
     else:
-        print("curves      none (the bundle has no training.curve)", file=stream)
+        _write_stdout("curves      none (the bundle has no training.curve)\n")
 
 
 def _corpus_files_text(files: Any) -> str:
@@ -1173,13 +1416,12 @@ def convert(
 ) -> None:
     """Rewrite a bundle with its weights in another dtype, e.g. half the size to ship or share it."""
     from .bundle import convert_bundle
-    from .fsutil import check_writable_directory
+    from .fsutil import BUNDLE, check_output, declare_input
     from .registry import resolve_model
 
     source = resolve_model(model, os.environ)
-    if output.resolve() == source.resolve():
-        raise LstmgenError(f"-o {output} is the bundle being converted; write to another path")
-    check_writable_directory(output, "bundle")
+    declare_input(source, "the bundle being converted")
+    check_output(output, BUNDLE, "bundle")
     converted = convert_bundle(source, output, dtype)
     _info(f"wrote {output}: {output.stat().st_size / 1e6:.1f} MB ({converted.meta['weights']['dtype']} weights; was {source.stat().st_size / 1e6:.1f} MB)")
 
@@ -1229,14 +1471,11 @@ def inspect_command(
         raise LstmgenError(f"--max-tokens must be a whole number from 1 to 10000000, not {max_tokens}")
     _check_device_and_threads("cpu", threads)
     _check_text_file(file, "inspect")
-    if html_path is not None:
-        from .fsutil import check_writable_directory
-
-        check_writable_directory(html_path, "HTML page")
+    model_path = _model_and_page(model, [file], html_path)
     from .api import LanguageModel
     from .inspection import STATE_KINDS, activations, check_state_kind, group_pieces
 
-    lm = LanguageModel.load(_resolve_model(model))
+    lm = LanguageModel.load(model_path)
     cell = lm.config.cell
     if cell not in STATE_KINDS:
         raise LstmgenError(f"cannot inspect {cell!r} cells; the cells are {', '.join(STATE_KINDS)}")
@@ -1401,8 +1640,37 @@ def _exit_quietly(code: int) -> None:
     sys.exit(code)
 
 
+#: Standard streams that were closed when lstmgen started (`<&-`, `>&-`, `2>&-`); they now lead to /dev/null.
+_CLOSED_STREAMS: set[str] = set()
+
+
+def _reopen_closed_streams() -> None:
+    """Give a closed standard stream /dev/null, so that no file lstmgen opens can take its descriptor
+    (a bundle opened as descriptor 1 would receive what `print` writes)."""
+    _CLOSED_STREAMS.clear()
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        except OSError:
+            continue
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        _CLOSED_STREAMS.add(name)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False, encoding="utf-8", errors="replace"))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI with lstmgen's error conventions (one line, exit 2; 130 on Ctrl-C)."""
+    """Run the CLI with lstmgen's error conventions (one line, exit 2; 1 for a machine failure; 130 on Ctrl-C)."""
+    from .fsutil import MACHINE_ERRNOS, reset_inputs
+
+    _reopen_closed_streams()
+    reset_inputs()
     try:
         code = app(args=argv, standalone_mode=False, prog_name="lstmgen")
         if isinstance(code, int) and code:
@@ -1416,9 +1684,11 @@ def main(argv: list[str] | None = None) -> None:
     except click_exceptions.ClickException as error:
         _error(" ".join(error.format_message().split()), 2)
     except LstmgenError as error:
-        _error(str(error), 2)
+        _error(str(error), error.exit_code)
     except KeyboardInterrupt:
         _error("interrupted", 130)
+    except _Terminated:
+        _error("terminated", 143)
     except BrokenPipeError:
         _exit_quietly(0)
     except SystemExit:
@@ -1431,13 +1701,12 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         _error("out of memory; use a smaller model, --batch-size or input", 1)
     except OSError as error:
-        import errno
-
-        # A full disk (or a file-size limit) hit by a write that is not one of the atomic writes.
-        if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise
+        # An OS error no check turned into a message: one line all the same. A full disk (or a file-size
+        # limit) hit by a write that is not one of the atomic writes (stdout to a file) fails the machine: exit 1.
         where = error.filename or "the output"
-        _error(f"could not write {where}: {error.strerror}; free disk space or choose another location", 2)
+        if error.errno in MACHINE_ERRNOS:
+            _error(f"could not write {where}: {error.strerror}; free disk space or choose another location", 1)
+        _error(f"{where}: {error.strerror or error}", 2)
     except RuntimeError as error:
         # PyTorch reports a failed allocation as a RuntimeError (torch.cuda.OutOfMemoryError is one too).
         text = str(error)

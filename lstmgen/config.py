@@ -217,23 +217,29 @@ CONFIG_SECTIONS = ("tokenizer", "model", "train")
 DURATION_FIELDS = {"max_time", "checkpoint_every"}
 
 
+#: A run file is a few hundred bytes; anything near this limit is not one.
+CONFIG_FILE_LIMIT = 1 << 20
+
+
 def load_config_file(path: Any) -> dict[str, dict[str, Any]]:
-    """Read a TOML run file: tables [tokenizer], [model] and [train] with the config field names."""
+    """Read a TOML run file: tables [tokenizer], [model] and [train] with the config field names.
+
+    The read is bounded: a regular file of at most CONFIG_FILE_LIMIT bytes (never a FIFO or
+    /dev/zero), and nesting too deep for the parser is refused, not a crash.
+    """
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    from .fsutil import read_regular_file
+
+    raw = read_regular_file(path, CONFIG_FILE_LIMIT, "config file", "pass a .toml file")
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise LstmgenError(f"config file {path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise LstmgenError(f"config file {path} is a directory; pass a .toml file") from None
-    except OSError as error:
-        raise LstmgenError(f"cannot read config file {path}: {error.strerror or error}") from None
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise LstmgenError(f"config file {path} is not valid TOML ({str(error).splitlines()[0]}); fix it") from None
+    except RecursionError:
+        raise LstmgenError(f"config file {path} nests arrays or tables too deeply to be a run file; fix it") from None
     unknown = sorted(set(data) - set(CONFIG_SECTIONS))
     if unknown:
         raise LstmgenError(f"config file {path}: unknown table [{unknown[0]}]; use [tokenizer], [model] and [train]")
@@ -243,12 +249,25 @@ def load_config_file(path: Any) -> dict[str, dict[str, Any]]:
     return data
 
 
+#: Settings a run file may not give, with the reason (each would only fail later, with another message).
+FORBIDDEN_SETTINGS = {
+    ("model", "vocab_size"): "the model's vocabulary is the tokenizer's; set [tokenizer] vocab_size instead",
+}
+#: Lower bounds the dataclasses do not check, for settings only a run file can give.
+SETTING_MINIMUM = {("tokenizer", "max_training_bytes"): 1 << 16}
+
+
 def apply_settings(config: Any, settings: dict[str, Any], section: str) -> None:
     """Set fields of a config dataclass from a config-file table, checking names and types."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     for name, value in settings.items():
         if name not in fields:
             raise LstmgenError(f"config file: [{section}] has no setting {name!r}; valid: {', '.join(sorted(fields))}")
+        if (section, name) in FORBIDDEN_SETTINGS:
+            raise LstmgenError(f"config file: [{section}] {name} cannot be set: {FORBIDDEN_SETTINGS[(section, name)]}")
         if name in DURATION_FIELDS and isinstance(value, str):
             value = parse_duration(value, f"[{section}] {name}")
-        setattr(config, name, _coerce(fields[name], value, f"config file [{section}]"))
+        value = _coerce(fields[name], value, f"config file [{section}]")
+        if (section, name) in SETTING_MINIMUM:
+            _check_int(f"config file: [{section}] {name}", value, low=SETTING_MINIMUM[(section, name)], high=1 << 50)
+        setattr(config, name, value)

@@ -10,8 +10,17 @@ class LstmgenError(Exception):
     to stderr and exits with code 2; the Python API lets it propagate.
     """
 
+    #: The CLI's exit code for this error.
+    exit_code = 2
+
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class MachineError(LstmgenError):
+    """A failure of the machine rather than of the input, such as a full disk: one line, exit code 1."""
+
+    exit_code = 1
 
 
 class TrainingInterrupted(Exception):

@@ -112,10 +112,14 @@ def describe_bundle(path: Path) -> str:
 
 
 def _read_member(path: Path, name: str, limit: int) -> bytes:
-    """At most `limit` bytes of one member of a bundle (a zip file or a directory); more is an error."""
+    """At most `limit` bytes of one member of a bundle (a zip file or a directory); more is an error.
+
+    A directory's member must be a regular file: a FIFO there must not stall `lstmgen models`.
+    """
     if path.is_dir():
-        with open(path / name, "rb") as handle:
-            data = handle.read(limit + 1)
+        from .fsutil import read_regular_file
+
+        data = read_regular_file(path / name, limit, "bundle member")
     else:
         with zipfile.ZipFile(path) as archive, archive.open(name) as member:
             data = member.read(limit + 1)
@@ -136,8 +140,9 @@ def _count_parameters(path: Path) -> int:
 
 def _read_member_prefix(path: Path, size: int) -> bytes:
     if path.is_dir():
-        with open(path / WEIGHTS_NAME, "rb") as handle:
-            return handle.read(size)
+        from .fsutil import read_head
+
+        return read_head(path / WEIGHTS_NAME, size)
     with zipfile.ZipFile(path) as archive, archive.open(WEIGHTS_NAME) as member:
         return member.read(size)
 
@@ -189,8 +194,10 @@ def resolve_model(name_or_path: str | None, env: Mapping[str, str], builtin_dir:
 
 
 def _resolve_value(value: str, env: Mapping[str, str], builtin_dir: Path | None) -> Path:
+    from .fsutil import stat_or_none
+
     path = Path(value)
-    if path.exists():
+    if stat_or_none(path, "read model") is not None:
         _refuse_text_file(path)
         return path
     if not is_model_name(value):
@@ -203,6 +210,9 @@ def _resolve_value(value: str, env: Mapping[str, str], builtin_dir: Path | None)
         return builtins[value]
     if value in BUILTIN_NAMES:
         raise LstmgenError(f"the built-in model {value!r} is not installed ({_not_installed(value, builtin_dir)}); pass a path to a .lstmgen bundle")
+    beside = Path(value + BUNDLE_SUFFIX)
+    if stat_or_none(beside, "read model") is not None:
+        raise LstmgenError(f"no model named {value!r}, but there is a bundle {beside} here: to use it, pass its path: -m {beside}")
     raise LstmgenError(
         f"no model named {value!r} (looked in {user_model_dir(env)} and the built-ins); `lstmgen models` lists them; "
         f"pass a path to a .lstmgen bundle"
@@ -222,7 +232,7 @@ def _not_installed(name: str, builtin_dir: Path | None) -> str:
 
 def _refuse_text_file(path: Path) -> None:
     """A corpus passed where a model belongs is a common slip: say how to get a model from it."""
-    if path.is_file() and path.suffix != BUNDLE_SUFFIX and _looks_like_text(path):
+    if os.path.isfile(path) and path.suffix != BUNDLE_SUFFIX and _looks_like_text(path):
         raise LstmgenError(f"{path} is a text file, not a model bundle; train one with `lstmgen train {path}`")
 
 
@@ -244,12 +254,14 @@ def _looks_like_text(path: Path) -> bool:
 
 def looks_like_bundle(path: Path) -> bool:
     """A .lstmgen name, a zip file or a bundle directory: what a text argument should never be."""
-    if path.suffix == BUNDLE_SUFFIX or (path.is_dir() and (path / META_NAME).is_file()):
+    if path.suffix == BUNDLE_SUFFIX:
         return True
-    if not path.is_file():  # never open a FIFO or device here: reading it could block
-        return False
     try:
+        if path.is_dir():
+            return (path / META_NAME).is_file()
+        if not path.is_file():  # never open a FIFO or device here: reading it could block
+            return False
         with open(path, "rb") as handle:
             return handle.read(4) == b"PK\x03\x04"
-    except OSError:
+    except OSError:  # too long a name, a directory that may not be entered: the caller's own check says so
         return False

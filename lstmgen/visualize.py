@@ -349,10 +349,11 @@ def html_page(title: str, spans: Sequence[Span], scale: Scale, summary: str = ""
 
 
 def write_html(path: Path, page: str) -> None:
-    from .fsutil import atomic_write_text, check_writable_directory
+    """Write a page atomically; the guard refuses to put it over anything but an HTML page (fsutil)."""
+    from .fsutil import HTML, atomic_write_text, check_output
 
-    check_writable_directory(Path(path), "HTML page")
-    atomic_write_text(Path(path), page)
+    check_output(Path(path), HTML, "HTML page", "--html")
+    atomic_write_text(Path(path), page, HTML, "HTML page")
 
 
 # -- training curves -----------------------------------------------------------------------------------
@@ -469,9 +470,9 @@ def plot_curves_png(curve: Curve, path: Path, title: str) -> None:
         from matplotlib.figure import Figure
     except ImportError:
         raise LstmgenError("--plot needs matplotlib; install it with: pip install 'lstmgen[plot]'") from None
-    from .fsutil import atomic_write_bytes, check_writable_directory
+    from .fsutil import PNG, atomic_write_bytes, check_output
 
-    check_writable_directory(Path(path), "plot")
+    check_output(Path(path), PNG, "plot", "--plot")
     figure = Figure(figsize=(8, 4.5), dpi=100)
     axes = figure.add_subplot()
     few = max(len(curve.train), len(curve.val)) <= 30
@@ -497,4 +498,4 @@ def plot_curves_png(curve: Curve, path: Path, title: str) -> None:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    atomic_write_bytes(Path(path), buffer.getvalue(), PNG, "plot")

@@ -139,6 +139,10 @@ def child(request):
         if request["unprivileged"] and os.geteuid() == 0 and not drop_root_file_powers():
             os.write(2, b"cannot drop root's file capabilities\n")
             os._exit(77)
+        if request.get("user"):  # become another (unprivileged) user: uid, gid
+            os.setgroups([])
+            os.setgid(request["user"][1])
+            os.setuid(request["user"][0])
         sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding=ENCODING, errors=IN_ERRORS)
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding=ENCODING, errors=OUT_ERRORS)
         sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding=ENCODING, errors="backslashreplace", line_buffering=True)
@@ -219,10 +223,11 @@ class CliServer:
 
     def __call__(self, *args: str, cwd: Path | None = None, input: bytes | None = None, env: dict[str, str] | None = None,
                  timeout: float = 120, unprivileged: bool = False, rlimits: dict[str, int] | None = None,
-                 stdout_closed: bool = False) -> CliRun:
+                 stdout_closed: bool = False, user: tuple[int, int] | None = None) -> CliRun:
         """`rlimits` maps resource names (RLIMIT_AS, RLIMIT_FSIZE...) to a limit. `unprivileged`: subject the
         run to file permissions even as root (root keeps its uid but loses CAP_DAC_OVERRIDE and friends);
-        a run that cannot do that exits with CANNOT_DROP_ROOT. `stdout_closed`: stdout is a pipe nobody reads."""
+        a run that cannot do that exits with CANNOT_DROP_ROOT. `stdout_closed`: stdout is a pipe nobody reads.
+        `user`: (uid, gid) to run as, e.g. nobody's, when the suite runs as root (stdio is opened before)."""
         import tempfile
 
         full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
@@ -236,7 +241,7 @@ class CliServer:
             Path(path).touch()
         request = {"args": [str(a) for a in args], "cwd": str(cwd or self.scratch), "env": full_env, "stdin": stdin_path, "stdout": stdout_path,
                    "stderr": stderr_path, "rlimits": rlimits or {}, "unprivileged": unprivileged, "timeout": timeout,
-                   "stdout_closed": stdout_closed}
+                   "stdout_closed": stdout_closed, "user": list(user) if user else None}
         try:
             if self.exec_mode:
                 reply = self._exec(request)
@@ -268,6 +273,10 @@ class CliServer:
                 resource.setrlimit(getattr(resource, name), (value, value))
             if request["unprivileged"] and os.geteuid() == 0 and not drop_root_file_powers():
                 os._exit(CANNOT_DROP_ROOT)
+            if request.get("user"):
+                os.setgroups([])
+                os.setgid(request["user"][1])
+                os.setuid(request["user"][0])
 
         started = time.monotonic()
         with open(request["stdin"], "rb") as stdin, open(request["stdout"], "wb") as stdout, open(request["stderr"], "wb") as stderr:

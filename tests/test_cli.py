@@ -70,7 +70,7 @@ def test_train_reuses_the_encoding(small_corpus: Path, tmp_path: Path) -> None:
     model = tmp_path / "m.lstmgen"
     args = ["train", str(small_corpus), "-o", str(model), *TRAIN_FAST, "--max-steps", "2", "--val-every", "2"]
     assert cli(*args).returncode == 0
-    second = cli(*args)
+    second = cli(*args, "--overwrite")  # a second fresh run over the first one says so
     assert second.returncode == 0 and "reusing the encoded corpus" in second.stderr
 
 
@@ -106,7 +106,8 @@ def test_sample_n_in_text_mode_matches_jsonl(tiny_bundle: Path) -> None:
     args = ["sample", "-m", str(tiny_bundle), "-n", "3", "--max-tokens", "15", "--seed", "4", "--separator", "\n---\n", "--no-echo-prompt"]
     text = cli(*args).stdout
     records = [json.loads(line) for line in cli(*args, "--format", "jsonl").stdout.splitlines()]
-    expected = "\n---\n".join(r["text"] + ("" if r["text"].endswith("\n") else "\n") for r in records)
+    # Each sample ends its line, and that line break is the separator's first: "text\n---\ntext".
+    expected = "---\n".join(r["text"] + ("" if r["text"].endswith("\n") else "\n") for r in records)
     assert text == expected
 
 

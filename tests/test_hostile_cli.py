@@ -414,7 +414,8 @@ CASES = [
     Case("resume-damaged-checkpoint", ["train", "{c}", "-o", "{w}/run.lstmgen", "--resume"], "truncated or damaged", extra={"checkpoint": "damaged"}),
     Case("resume-checkpoint-of-another-run", ["train", "{c}", "-o", "{w}/run.lstmgen", "--resume", "--max-steps", "30"], "cannot resume",
          extra={"checkpoint": "other"}, progress_ok=True),
-    Case("resume-checkpoint-of-another-vocabulary", ["train", "{c}", "-o", "{w}/run.lstmgen", "--resume", "--max-steps", "30"], "without --resume",
+    Case("resume-checkpoint-of-another-vocabulary", ["train", "{c}", "-o", "{w}/run.lstmgen", "--resume", "--max-steps", "30"],
+         ("without --resume", "with --overwrite"),
          extra={"checkpoint": "other-vocab"}, progress_ok=True),
 ]
 
@@ -664,6 +665,13 @@ def test_writing_into_a_closed_pipe_ends_quietly(args: list[str], tiny_bundle: P
 # -- a full disk ----------------------------------------------------------------------------------------
 
 
+def assert_machine_failure(result, fragment: str) -> None:
+    """A full disk is the machine's failure, not the input's: one `error:` line naming it, exit code 1."""
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("error: ") and fragment in lines[-1] and sum(line.startswith("error") for line in lines) == 1, result.stderr
+
+
 def _no_temp_files(directory: Path) -> list[str]:
     return [str(p) for p in directory.rglob("*.tmp")] + [str(p) for p in directory.rglob(".lstmgen-probe-*")]
 
@@ -678,7 +686,8 @@ def test_full_disk_while_encoding_keeps_the_previous_encoding(fast_cli, small_co
     before = snapshot(tmp_path)
     assert (tok / "tokens.bin").stat().st_size < 40_000 < small_corpus.stat().st_size
     result = fast_cli("tokenize", str(small_corpus), "-o", str(tok), "--vocab-size", "400", cwd=tmp_path, rlimits={"RLIMIT_FSIZE": 40_000})
-    assert_refused(result, "File too large")
+    assert_machine_failure(result, "File too large")
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1
     assert "free disk space" in result.stderr and "tokens.bin" in result.stderr
     assert snapshot(tmp_path) == before
     assert _no_temp_files(tmp_path) == []
@@ -691,8 +700,8 @@ def test_full_disk_while_saving_the_bundle_keeps_the_previous_bundle(fast_cli, s
     bundle = (tmp_path / "m.lstmgen").read_bytes()
     assert len(bundle) > 60_000
     result = fast_cli("train", str(small_corpus), "-o", str(tmp_path / "m.lstmgen"), *TRAIN_FAST, "--max-steps", "2", "--val-every", "2",
-                      "--seed", "3", cwd=tmp_path, rlimits={"RLIMIT_FSIZE": 60_000})
-    assert_refused(result, "File too large", progress_ok=True)
+                      "--seed", "3", "--overwrite", cwd=tmp_path, rlimits={"RLIMIT_FSIZE": 60_000})
+    assert_machine_failure(result, "File too large")
     assert "reusing the encoded corpus" in result.stderr
     assert "m.lstmgen" in result.stderr.splitlines()[-1] and "free disk space" in result.stderr
     assert (tmp_path / "m.lstmgen").read_bytes() == bundle
@@ -702,7 +711,7 @@ def test_full_disk_while_saving_the_bundle_keeps_the_previous_bundle(fast_cli, s
 def test_full_disk_while_writing_stdout_to_a_file(fast_cli, tiny_bundle: Path, tmp_path: Path) -> None:
     """`lstmgen sample > out.txt` on a full disk: one clear line, not a traceback (stdout holds what fitted)."""
     result = fast_cli("sample", "-m", str(tiny_bundle), "--temp", "0", "--max-tokens", "5000", cwd=tmp_path, rlimits={"RLIMIT_FSIZE": 2000})
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr  # the machine's failure, not the input's
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: could not write") and "free disk space" in lines[0], result.stderr
