@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .bundle import Bundle, load_bundle
+from .data import FreshStarts
 from .errors import LstmgenError
 from .evaluation import evaluate_file, evaluate_text
 from .model import LSTMLanguageModel
@@ -34,6 +35,7 @@ class LanguageModel:
         self.documents: str = settings.get("documents", "file")
         self._sampler = Sampler(self.model, self.tokenizer, self.device, quantize=quantize, document_start=self.documents == "blank-line")
         self.quantize: str | None = self._sampler.quantize
+        self._fresh_starts: FreshStarts | None = None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", quantize: str | None = None) -> LanguageModel:
@@ -105,6 +107,13 @@ class LanguageModel:
     def evaluate_file(self, path: str | Path, streams: int | None = None, errors: str = "strict") -> dict[str, Any]:
         return evaluate_file(self._eval_model, self.tokenizer, Path(path), num_streams=streams, errors=errors, device=self.device,
                              documents=self.documents)
+
+    @property
+    def fresh_starts(self) -> FreshStarts:
+        """Where this model's text may begin from a fresh state (paragraph starts in its token ids)."""
+        if self._fresh_starts is None:
+            self._fresh_starts = FreshStarts(self.tokenizer, self.documents)
+        return self._fresh_starts
 
     @property
     def _eval_model(self) -> Any:

@@ -1131,7 +1131,7 @@ def _evaluate_in_context(lm: Any, path: Path, streams: Optional[int], errors: st
 
     text = TextWithContext(lm.tokenizer, path, errors=errors, compress=baselines, documents=lm.documents)
     if detail is None:
-        result = evaluate_tokens(lm._eval_model, text.tokens, text.num_bytes, text.num_chars, streams, lm.device)
+        result = evaluate_tokens(lm._eval_model, text.tokens, text.num_bytes, text.num_chars, streams, lm.device, lm.fresh_starts)
     else:
         surprisal = token_surprisal(lm._eval_model, text.tokens, top_k=detail["top_k"], device=lm.device)
         result = summarize(surprisal.nll, len(text.tokens) - 1, text.num_bytes, text.num_chars)

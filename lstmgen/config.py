@@ -87,6 +87,8 @@ class TrainConfig:
     max_time: float | None = None
     max_steps: int | None = None
     epochs: float | None = None
+    #: Mean tokens between a stream's restarts from a fresh state at a paragraph start (0: never).
+    reset_every: int = 2048
     val_fraction: float = 0.1
     val_every: int | None = None
     val_max_tokens: int = 250_000
@@ -112,6 +114,7 @@ class TrainConfig:
             _check_int("--max-steps", self.max_steps, low=1, high=1 << 40)
         if self.epochs is not None:
             _check_float("--epochs", self.epochs, low=0.0, high=1e6, low_open=True)
+        _check_int("--reset-every", self.reset_every, low=0, high=1 << 40)
         _check_float("--val-fraction", self.val_fraction, low=0.0, high=0.5, low_open=True)
         if self.val_every is not None:
             _check_int("--val-every", self.val_every, low=1, high=1 << 40)

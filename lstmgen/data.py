@@ -472,48 +472,217 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# -- fresh starts ----------------------------------------------------------------------------------
+
+
+def start_ids(tokenizer: Any, documents: str = "file") -> list[int]:
+    """What a fresh state reads before any text: the start id, then end-of-text for blank-line documents.
+
+    Models trained on blank-line documents see the end-of-text id before every document, so a
+    sample, an evaluation and a training restart all begin with it too.
+    """
+    return [int(tokenizer.bos_id), int(tokenizer.eos_id)] if documents == "blank-line" else [int(tokenizer.bos_id)]
+
+
+class FreshStarts:
+    """Where text may be read from a fresh state: paragraph and document starts, found in token ids.
+
+    Sampling always starts from a fresh state, and so does every stream of `eval --streams N`. A
+    model learns to start well only if training starts it fresh too, where text naturally begins:
+    at the first token of a paragraph (after a blank line) or of a document (after the end-of-text
+    id). A fresh start reads `start_ids()` with a zero state; position p is a fresh-start position
+    when tokens[p] is the first target read after them. For documents="blank-line" corpora the start
+    ids end with the end-of-text id, as the sampler reads them, so p is the end-of-text id itself.
+
+    Newlines are pieces of their own (never merged with other text), so line and paragraph starts
+    are visible in the ids: a newline, at most MAX_BLANK_PIECES whitespace-only pieces, a newline.
+    """
+
+    MAX_BLANK_PIECES = 3
+    #: Tokens of context a position needs behind it to be judged.
+    LOOKBACK = MAX_BLANK_PIECES + 2
+
+    def __init__(self, tokenizer: Any, documents: str = "file") -> None:
+        pieces = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+        self.documents = documents
+        self.start_id = int(tokenizer.bos_id)
+        self.eos_id = int(tokenizer.eos_id)
+        self.newline = np.array([piece == b"\n" for piece in pieces], dtype=bool)
+        self.blank = np.array([_is_blank_piece(piece) for piece in pieces], dtype=bool)
+        self.end = np.zeros(len(pieces), dtype=bool)
+        self.end[self.eos_id] = True
+
+    def start_ids(self) -> list[int]:
+        return [self.start_id, self.eos_id] if self.documents == "blank-line" else [self.start_id]
+
+    def mask(self, tokens: np.ndarray, kind: str = "paragraph") -> np.ndarray:
+        """True (over the last axis of `tokens`) where a fresh start may put its first target.
+
+        kind "paragraph": paragraph and document starts; "line": every line start as well. The
+        first positions of each row lack the context to be judged and may be missed.
+        """
+        tokens = np.asarray(tokens)
+        newline, end = self.newline[tokens], self.end[tokens]
+        content = _line_has_text(newline | end, self.blank[tokens])
+        if self.documents == "blank-line":
+            return (end | (content & _shifted(newline, 1))) if kind == "line" else end & _has_before(end.shape, 1)
+        after = _shifted(end, 1) | _shifted(newline, 1) if kind == "line" else _shifted(end, 1) | (_shifted(newline, 1) & self._after_blank(newline, tokens))
+        return content & after
+
+    def _after_blank(self, newline: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """True at p when the line before the one ending at p-1 ended at p-2-k, with k blank pieces between."""
+        blank = self.blank[tokens]
+        found = np.zeros(tokens.shape, dtype=bool)
+        only_blank = np.ones(tokens.shape, dtype=bool)
+        for k in range(self.MAX_BLANK_PIECES + 1):
+            found |= only_blank & _shifted(newline, 2 + k)
+            only_blank &= _shifted(blank, 2 + k)
+        return found
+
+    def positions(self, tokens: np.ndarray, kind: str = "paragraph", chunk: int = 1 << 22) -> np.ndarray:
+        """Indices of the fresh-start positions of a 1-D token array (read in chunks: memory-mapped arrays stay cheap)."""
+        found = []
+        for begin in range(0, len(tokens), chunk):
+            low = max(0, begin - self.LOOKBACK)
+            window = np.asarray(tokens[low : begin + chunk])
+            hits = np.flatnonzero(self.mask(window, kind)) + low
+            found.append(hits[hits >= begin])
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def density(self, tokens: np.ndarray, kind: str = "paragraph", sample: int = 1 << 16, pieces: int = 64) -> float:
+        """Fresh-start positions per token, counted on up to `pieces` evenly spread samples of the array."""
+        if len(tokens) <= sample * pieces:
+            return len(self.positions(tokens, kind)) / max(1, len(tokens))
+        count = 0
+        for begin in np.linspace(0, len(tokens) - sample, pieces).astype(np.int64):
+            count += len(self.positions(np.asarray(tokens[begin : begin + sample]), kind))
+        return count / (sample * pieces)
+
+
+def _is_blank_piece(piece: bytes) -> bool:
+    try:
+        text = piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and text.isspace() and "\n" not in text
+
+
+def _line_has_text(line_end: np.ndarray, blank: np.ndarray) -> np.ndarray:
+    """True at i when a piece other than whitespace comes at or after i before the line ends (or the row does)."""
+    width = line_end.shape[-1]
+    index = np.broadcast_to(np.arange(width), line_end.shape)
+    never = np.full(line_end.shape, width)
+    next_end = np.flip(np.minimum.accumulate(np.flip(np.where(line_end, index, never), -1), axis=-1), -1)
+    next_text = np.flip(np.minimum.accumulate(np.flip(np.where(~line_end & ~blank, index, never), -1), axis=-1), -1)
+    return (next_text < next_end) | ((next_text == width) & (next_end == width) & ~line_end & ~blank)
+
+
+def _shifted(flags: np.ndarray, by: int) -> np.ndarray:
+    """flags moved `by` positions along the last axis (result[..., i] = flags[..., i - by]; False where i < by)."""
+    result = np.zeros(flags.shape, dtype=bool)
+    if by < flags.shape[-1]:
+        result[..., by:] = flags[..., : flags.shape[-1] - by]
+    return result
+
+
+def _has_before(shape: tuple[int, ...], by: int) -> np.ndarray:
+    result = np.zeros(shape, dtype=bool)
+    result[..., by:] = True
+    return result
+
+
 # -- training batches ---------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One training window: inputs and targets (streams, seq_len) as int64, and its fresh starts.
+
+    `resets` holds (stream row, input position) pairs, sorted by position: that row's state is
+    zeroed before the position is read, and its input there is the start id (the last start id:
+    the end-of-text id before a blank-line document is a target, not an input).
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    resets: np.ndarray
 
 
 class StreamBatcher:
     """Truncated-BPTT windows over `num_streams` contiguous streams of a token array.
 
-    Window k of epoch e gives each stream b the inputs tokens[start_b + kT : start_b + (k+1)T]
-    and the targets one token later. Each epoch shifts all streams by a random phase (from the
-    seed and the epoch number), so window boundaries differ between epochs while a run stays
+    Window k of epoch e gives stream b the inputs tokens[start_b + kT : start_b + (k+1)T] and the
+    targets one token later; the state is carried from window to window, so the model learns from
+    context longer than a window. Each epoch rotates all streams by a random offset (from the seed
+    and the epoch), so windows and stream starts differ between epochs while a run stays
     reproducible and resumable from (epoch, window) alone.
+
+    With `fresh_starts`, a stream also restarts from a fresh state at a paragraph or document start
+    now and then: on average every `reset_every` tokens, at random starts drawn from (seed, epoch,
+    window). A model that is only ever read from a long-running state learns to depend on it
+    (measured: from a fresh state it predicted thousands of tokens badly, and it broke down when an
+    epoch boundary reset every stream at once); restarts teach it to begin text well, without
+    giving up the carried context in between.
     """
 
-    def __init__(self, tokens: np.ndarray, num_streams: int, seq_len: int, seed: int, streams: slice | None = None) -> None:
+    def __init__(self, tokens: np.ndarray, num_streams: int, seq_len: int, seed: int, streams: slice | None = None,
+                 fresh_starts: FreshStarts | None = None, reset_every: int = 0) -> None:
         self.tokens = tokens
         self.num_streams = num_streams
         self.seq_len = seq_len
         self.seed = seed
         self.streams = streams or slice(0, num_streams)
+        self.fresh_starts = fresh_starts if reset_every else None
         if self.windows_per_epoch(0) < 1:
             raise LstmgenError(
                 f"the training split ({len(tokens)} tokens) is shorter than one batch of {num_streams} streams × "
                 f"{seq_len + 1} tokens; give more text or lower --batch-size / --seq-len"
             )
+        self.reset_kind = "paragraph"
+        self.reset_probability = 0.0
+        if self.fresh_starts is not None:
+            density = self.fresh_starts.density(tokens, "paragraph")
+            if density == 0.0:  # no blank lines or documents: restart at line starts
+                self.reset_kind, density = "line", self.fresh_starts.density(tokens, "line")
+            self.reset_probability = min(1.0, 1.0 / (reset_every * density)) if density > 0 else 0.0
 
     def phase(self, epoch: int) -> int:
+        """How far epoch `epoch` rotates the streams (0 for the first epoch)."""
         if epoch == 0:
             return 0
-        return random.Random(f"{self.seed}:{epoch}").randrange(self.seq_len)
+        return random.Random(f"{self.seed}:{epoch}").randrange(self.stream_length())
 
-    def stream_length(self, epoch: int) -> int:
-        return (len(self.tokens) - 1 - self.phase(epoch)) // self.num_streams
+    def stream_length(self, epoch: int = 0) -> int:
+        return (len(self.tokens) - 1) // self.num_streams
 
-    def windows_per_epoch(self, epoch: int) -> int:
+    def windows_per_epoch(self, epoch: int = 0) -> int:
         return self.stream_length(epoch) // self.seq_len
 
-    def batch(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets), each of shape (streams, seq_len), as int64."""
+    def batch(self, epoch: int, window: int) -> Batch:
+        """The window's inputs, targets and fresh starts for this process's streams."""
         length = self.stream_length(epoch)
-        starts = self.phase(epoch) + np.arange(self.num_streams)[self.streams] * length + window * self.seq_len
-        index = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
-        rows = np.asarray(self.tokens[index], dtype=np.int64)
-        return rows[:, :-1], rows[:, 1:]
+        rows = np.arange(self.num_streams)[self.streams]
+        starts = self.phase(epoch) + rows * length + window * self.seq_len
+        lookback = FreshStarts.LOOKBACK if self.fresh_starts is not None else 0
+        index = (starts[:, None] + np.arange(-lookback, self.seq_len + 1)[None, :]) % len(self.tokens)
+        values = np.asarray(self.tokens[index], dtype=np.int64)
+        inputs, targets = values[:, lookback:-1].copy(), values[:, lookback + 1 :]
+        resets = self._resets(epoch, window, values)
+        if len(resets):
+            inputs[resets[:, 0], resets[:, 1]] = self.fresh_starts.start_ids()[0]  # type: ignore[union-attr]
+        return Batch(inputs, targets, resets)
+
+    def _resets(self, epoch: int, window: int, values: np.ndarray) -> np.ndarray:
+        """(row, input position) of the restarts in this window, sorted by position."""
+        if self.fresh_starts is None or self.reset_probability <= 0.0:
+            return np.zeros((0, 2), dtype=np.int64)
+        lookback = FreshStarts.LOOKBACK
+        # Targets sit one after the inputs: a start at target j restarts the input at j.
+        candidates = self.fresh_starts.mask(values, self.reset_kind)[:, lookback + 1 :]
+        draws = np.random.default_rng([self.seed, epoch, window]).random((self.num_streams, self.seq_len))[self.streams]
+        rows, positions = np.nonzero(candidates & (draws < self.reset_probability))
+        order = np.argsort(positions, kind="stable")
+        return np.stack([rows[order], positions[order]], axis=1).astype(np.int64)
 
 
 def split_streams(num_tokens: int, num_streams: int) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import CorpusReader, split_streams
+from .data import CorpusReader, FreshStarts, split_streams, start_ids
 from .model import LSTMLanguageModel
 from .tokenizer import Tokenizer
 
@@ -37,37 +37,134 @@ def total_nll(
     num_streams: int = 1,
     seq_len: int = 256,
     device: torch.device | str = "cpu",
+    fresh_starts: FreshStarts | None = None,
 ) -> tuple[float, int]:
     """Sum of -log p(tokens[t] | tokens[:t]) over t ≥ 1, in nats, and how many terms it has.
 
     The sequence is cut into `num_streams` contiguous parts evaluated side by side; each part
-    carries its state from start to end (one part means exact whole-sequence evaluation).
+    carries its state from start to end (one part means exact whole-sequence evaluation). With
+    `fresh_starts`, each cut is moved to the next paragraph (else line) start and every part after
+    the first reads the start id first, from a zero state: exactly how a sample begins. Without,
+    parts begin anywhere, their first token read as input from a zero state (the previous part
+    scored it). Every token after the first is scored once either way.
     """
-    model.eval()
     targets_total = len(tokens) - 1
     if targets_total <= 0:
         return 0.0, 0
-    parts = split_streams(targets_total, num_streams)
+    bounds, fresh = _stream_bounds(tokens, num_streams, fresh_starts)
+    start_id = fresh_starts.start_id if fresh and fresh_starts is not None else None
+    return parts_nll(model, tokens, bounds, start_id, seq_len, device, first_part_fresh=False)
+
+
+@torch.inference_mode()
+def parts_nll(
+    model: LSTMLanguageModel,
+    tokens: np.ndarray,
+    bounds: Sequence[tuple[int, int]],
+    start_id: int | None = None,
+    seq_len: int = 256,
+    device: torch.device | str = "cpu",
+    first_part_fresh: bool = True,
+) -> tuple[float, int]:
+    """Summed NLL (nats) and target count of parts of `tokens` read side by side, each from a zero state.
+
+    Part [start, end) reads the inputs tokens[start:end] and scores the targets one later. With
+    `start_id`, a part reads the start id instead of tokens[start] (a fresh start: its first
+    target is the first token of a paragraph); `first_part_fresh=False` keeps the first part's own
+    first input (the text's start ids).
+    """
+    model.eval()
+    bounds = [b for b in bounds if b[1] > b[0]]
+    if not bounds:
+        return 0.0, 0
     # Bound each forward's logits (streams × window × vocabulary floats) whatever the stream count.
-    seq_len = max(1, min(seq_len, MAX_WINDOW_TOKENS // len(parts)))
-    starts = np.array([start for start, _ in parts])
-    lengths = np.array([end - start for start, end in parts])
+    seq_len = max(1, min(seq_len, MAX_WINDOW_TOKENS // len(bounds)))
+    starts = np.array([start for start, _ in bounds])
+    lengths = np.array([end - start for start, end in bounds])
+    last_input = len(tokens) - 2
     state = None
     total = 0.0
     device = torch.device(device)
     # Windows are cut from the token array as they are needed: memory does not grow with the text.
     for begin in range(0, int(lengths.max()), seq_len):
         offsets = begin + np.arange(min(seq_len, int(lengths.max()) - begin))
-        index = np.minimum(starts[:, None] + offsets[None, :], targets_total - 1)
+        index = np.minimum(starts[:, None] + offsets[None, :], last_input)
         inputs = np.asarray(tokens[index], dtype=np.int64)
         targets = np.asarray(tokens[index + 1], dtype=np.int64)
+        if begin == 0 and start_id is not None:
+            inputs[0 if first_part_fresh else 1 :, 0] = start_id
         targets[offsets[None, :] >= lengths[:, None]] = -100
         x = torch.from_numpy(inputs).to(device)
         y = torch.from_numpy(targets).to(device)
         logits, state = model(x, state)
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum")
         total += float(loss)
-    return total, targets_total
+    return total, int(lengths.sum())
+
+
+def _stream_bounds(tokens: np.ndarray, num_streams: int, fresh_starts: FreshStarts | None) -> tuple[list[tuple[int, int]], bool]:
+    """Input ranges [start, end) of the parallel streams, and whether parts after the first start fresh.
+
+    Input position i predicts token i + 1. A fresh part whose first target is p reads the start id
+    at input p - 1 instead of the token there.
+    """
+    targets_total = len(tokens) - 1
+    even = split_streams(targets_total, num_streams)
+    if fresh_starts is None or len(even) == 1:
+        return even, False
+    wanted = [start + 1 for start, _ in even[1:]]  # first targets of the parts after the first
+    paragraphs, lines = fresh_starts.positions(tokens, "paragraph"), None
+    cuts = [1]
+    for target, limit in zip(wanted, wanted[1:] + [targets_total + 1]):
+        cut = _first_at_or_after(paragraphs, target, limit)
+        if cut is None:
+            lines = fresh_starts.positions(tokens, "line") if lines is None else lines
+            cut = _first_at_or_after(lines, target, limit)
+        cuts.append(cut if cut is not None else target)
+    unique = sorted(set(cuts))  # type: ignore[arg-type]
+    bounds = [(first - 1, end - 1) for first, end in zip(unique, unique[1:] + [targets_total + 1])]
+    return [b for b in bounds if b[1] > b[0]], True
+
+
+def sample_bounds(tokens: np.ndarray, num_tokens: int, num_streams: int, fresh_starts: FreshStarts) -> list[tuple[int, int]]:
+    """Parts of about `num_tokens` targets in all, spread evenly over `tokens`, each starting fresh at a paragraph start.
+
+    A fixed sample of a long held-out text: validating on the same sample every time makes the
+    figures comparable between validations at a fraction of the cost of reading everything.
+    """
+    targets_total = len(tokens) - 1
+    num_streams = max(1, min(num_streams, num_tokens))
+    if 2 * num_tokens >= targets_total:
+        return _stream_bounds(tokens, num_streams, fresh_starts)[0]
+    length = num_tokens // num_streams
+    paragraphs, lines = fresh_starts.positions(tokens, "paragraph"), None
+    bounds = []
+    for target in np.linspace(1, targets_total - length, num_streams).astype(np.int64).tolist():
+        cut = _first_at_or_after(paragraphs, target, target + length)
+        if cut is None:
+            lines = fresh_starts.positions(tokens, "line") if lines is None else lines
+            cut = _first_at_or_after(lines, target, target + length)
+        first = cut if cut is not None else target
+        bounds.append((first - 1, min(first - 1 + length, targets_total)))
+    return bounds
+
+
+def bounds_size(tokenizer: Tokenizer, tokens: np.ndarray, bounds: Sequence[tuple[int, int]], documents: str = "file") -> tuple[int, int]:
+    """Bytes and characters of the text the targets of `bounds` spell (an end-of-text id of blank-line
+    documents stands for the blank line it replaced)."""
+    num_bytes = num_chars = 0
+    for start, end in bounds:
+        ids = np.asarray(tokens[start + 1 : end + 1])
+        data = tokenizer.decode_bytes(ids.tolist())
+        blank = int(np.count_nonzero(ids == tokenizer.eos_id)) if documents == "blank-line" else 0
+        num_bytes += len(data) + blank
+        num_chars += len(data.decode("utf-8", errors="replace")) + blank
+    return num_bytes, num_chars
+
+
+def _first_at_or_after(positions: np.ndarray, target: int, limit: int) -> int | None:
+    index = int(np.searchsorted(positions, target))
+    return int(positions[index]) if index < len(positions) and positions[index] < limit else None
 
 
 def default_streams(num_tokens: int) -> int:
@@ -75,14 +172,16 @@ def default_streams(num_tokens: int) -> int:
 
 
 def encode_text_stream(tokenizer: Tokenizer, lines: Iterable[str], documents: str = "file") -> tuple[np.ndarray, int, int]:
-    """[BOS] + ids of the text, with its size in bytes and characters; reads in batches.
+    """The start ids + ids of the text, with its size in bytes and characters; reads in batches.
 
-    With documents="blank-line" (a model trained that way) a run of blank lines ends a document
-    and reads as one end-of-text id, exactly as training encoded its corpus (data.encode_corpus):
-    read as text, those newlines are something the model never saw, and would be scored so.
+    The start ids are what a sample reads first (data.start_ids: the start id, then end-of-text for
+    blank-line documents). With documents="blank-line" (a model trained that way) a run of blank
+    lines ends a document and reads as one end-of-text id, exactly as training encoded its corpus
+    (data.encode_corpus): read as text, those newlines are something the model never saw, and
+    would be scored so.
     """
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    chunks = [np.array([tokenizer.bos_id], dtype=dtype)]
+    chunks = [np.array(start_ids(tokenizer, documents), dtype=dtype)]
     end_of_text = np.array([tokenizer.eos_id], dtype=dtype)
     blank_lines = documents == "blank-line"
     at_line_start, in_document = True, False
@@ -139,9 +238,15 @@ def evaluate_tokens(
     num_chars: int,
     num_streams: int | None = None,
     device: torch.device | str = "cpu",
+    fresh_starts: FreshStarts | None = None,
 ) -> dict[str, Any]:
+    """`lstmgen eval`'s summary of `tokens` (the start ids, then the text's ids).
+
+    With several streams, each begins at a paragraph start from a fresh state when `fresh_starts`
+    is given (see `total_nll`).
+    """
     streams = num_streams if num_streams is not None else default_streams(len(tokens))
-    nll, count = total_nll(model, tokens, num_streams=streams, device=device)
+    nll, count = total_nll(model, tokens, num_streams=streams, device=device, fresh_starts=fresh_starts)
     result = summarize(nll, count, num_bytes, num_chars)
     result["streams"] = streams
     return result
@@ -150,14 +255,14 @@ def evaluate_tokens(
 def evaluate_text(model: LSTMLanguageModel, tokenizer: Tokenizer, text: str, num_streams: int | None = None, device: torch.device | str = "cpu",
                   documents: str = "file") -> dict[str, Any]:
     tokens, num_bytes, num_chars = encode_text_stream(tokenizer, text.splitlines(keepends=True), documents)
-    return evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device)
+    return evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device, FreshStarts(tokenizer, documents))
 
 
 def evaluate_file(model: LSTMLanguageModel, tokenizer: Tokenizer, path: Path, num_streams: int | None = None, errors: str = "strict",
                   device: torch.device | str = "cpu", documents: str = "file") -> dict[str, Any]:
     reader = CorpusReader(path, errors)
     tokens, num_bytes, num_chars = encode_text_stream(tokenizer, reader.lines(), documents)
-    result = evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device)
+    result = evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device, FreshStarts(tokenizer, documents))
     result["file"] = str(path)
     return result
 

@@ -58,18 +58,45 @@ class LSTMLanguageModel(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embedding(tokens).masked_fill((tokens == START_ID).unsqueeze(-1), 0.0)
 
-    def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Head inputs of shape (batch, time, head_input) and the new state."""
+    def features(self, tokens: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Head inputs of shape (batch, time, head_input) and the new state.
+
+        `resets` (optional, shape (k, 2), sorted by the second column) lists (row, position)
+        pairs: that row's state is zeroed just before the position is read (a fresh start inside
+        the window; training uses it to teach the model to begin text). The window is then run in
+        pieces between the reset positions, with the same result as separate calls.
+        """
         x = self.input_dropout(self.embed(tokens))
-        output, state = cells.run_rnn(self.rnn, self.cell, x, state)
+        if resets is None or len(resets) == 0:
+            output, state = cells.run_rnn(self.rnn, self.cell, x, state)
+        else:
+            output, state = self._run_with_resets(x, state, resets)
         output = self.output_dropout(output)
         if self.projection is not None:
             output = self.projection(output)
         return output, state
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def _run_with_resets(self, x: torch.Tensor, state: State | None, resets: torch.Tensor) -> tuple[torch.Tensor, State]:
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device)
+        resets = torch.as_tensor(resets, dtype=torch.long).cpu()
+        pieces: list[torch.Tensor] = []
+        begin = 0
+        for position in torch.unique_consecutive(resets[:, 1]).tolist():
+            if position > begin:
+                piece, state = cells.run_rnn(self.rnn, self.cell, x[:, begin:position], state)
+                pieces.append(piece)
+            keep = torch.ones(x.shape[0], 1, device=x.device, dtype=x.dtype)
+            keep[resets[resets[:, 1] == position, 0].to(x.device)] = 0.0
+            state = tuple(part * keep for part in state)
+            begin = position
+        piece, state = cells.run_rnn(self.rnn, self.cell, x[:, begin:], state)
+        pieces.append(piece)
+        return torch.cat(pieces, dim=1), state
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """Logits of shape (batch, time, vocab) and the new state (a tuple, see the module doc)."""
-        features, state = self.features(tokens, state)
+        features, state = self.features(tokens, state, resets)
         return self.head(features), state
 
     def num_parameters(self) -> int:

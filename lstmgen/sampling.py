@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import start_ids
 from .errors import LstmgenError
 from .model import START_ID, LSTMLanguageModel, State
 from .quantization import Int8LSTMLanguageModel, check_quantize, reorder_gates
@@ -426,8 +427,7 @@ class Sampler:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """What the model reads before generating: the start id, [EOS,] then the prompt's tokens."""
-        start = [self.tokenizer.bos_id, self.tokenizer.eos_id] if self.document_start else [self.tokenizer.bos_id]
-        return start + self.tokenizer.encode(prompt)
+        return start_ids(self.tokenizer, "blank-line" if self.document_start else "file") + self.tokenizer.encode(prompt)
 
     def read_prompt(self, prompt: str) -> tuple[torch.Tensor, Any, list[int]]:
         """Read a prompt once: (next-token logits (1, vocab), state, the prompt's last ids).

@@ -32,10 +32,10 @@ import torch
 
 from .bundle import parse_json_member, parse_safetensors, read_members, save_bundle
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
-from .data import StreamBatcher, TokenizedCorpus
+from .data import FreshStarts, StreamBatcher, TokenizedCorpus
 from .distributed import ProcessGroup
 from .errors import LstmgenError, TrainingInterrupted
-from .evaluation import summarize, total_nll
+from .evaluation import bounds_size, parts_nll, sample_bounds, summarize, total_nll
 from .fsutil import BUNDLE, atomic_writer, check_output, check_output_directory
 from .model import LSTMLanguageModel, carry_names, detach_state
 from .tokenizer import Tokenizer
@@ -50,11 +50,18 @@ RESUMABLE_CHANGES = {"max_time", "max_steps", "epochs", "log_every", "checkpoint
 Event = dict[str, Any]
 
 
-#: With --val-every unset: the first validation after this many steps, then whenever training has run
-#: this many times as long as the last validation took (validation then costs about 3 % of the time,
-#: whatever the size of the held-out split; a fixed step interval cost ~9 % on tiny Shakespeare).
-AUTO_FIRST_VALIDATION = 100
-AUTO_VALIDATION_RATIO = 30.0
+#: With --val-every unset, a validation runs each time this share of the budget has passed, so the
+#: figure on the progress line is never older than that. It reads a fixed sample of the held-out
+#: split, sized from the measured training speed to cost about VALIDATION_COST of the training time
+#: between two validations (evaluation reads about EVAL_SPEEDUP times as many tokens per second as
+#: training: forward only, no optimizer). The last validation reads the whole split (up to
+#: --val-max-tokens) with the best weights; its figure is the one the bundle records.
+VALIDATION_SHARE = 0.03
+VALIDATION_COST = 0.03
+EVAL_SPEEDUP = 3.0
+MIN_VALIDATION_TOKENS = 4096
+#: Validation reads its text as this many streams at most, each from a fresh state at a paragraph start.
+VALIDATION_STREAMS = 32
 
 
 #: The files a run writes in its run directory (the guard checks each before a run starts).
@@ -217,6 +224,11 @@ class _Progress:
     last_train_loss: float | None = None
     loss_sum: float = 0.0
     loss_count: int = 0
+    #: Progress fraction of the next validation (--val-every unset).
+    next_validation: float = VALIDATION_SHARE
+    #: Tokens in the validation sample (0: not chosen yet; fixed at the first validation).
+    val_sample_tokens: int = 0
+    best_val_bits_per_char: float | None = None
 
 
 class RunLock:
@@ -436,13 +448,20 @@ class Trainer:
         split = self.corpus.split
         share = config.batch_size // self.group.world_size
         self.streams = slice(self.group.rank * share, (self.group.rank + 1) * share)
-        self.batcher = StreamBatcher(tokens[:split], config.batch_size, config.seq_len, config.seed, streams=self.streams)
+        self.documents = (self.corpus.meta.get("tokenizer") or {}).get("documents", "file")
+        self.fresh_starts = FreshStarts(self.tokenizer, self.documents)
+        self.batcher = StreamBatcher(tokens[:split], config.batch_size, config.seq_len, config.seed, streams=self.streams,
+                                     fresh_starts=self.fresh_starts, reset_every=config.reset_every)
+        # The held-out text as `lstmgen eval` reads a file: the start ids, then its tokens.
         val_end = min(len(tokens), split + config.val_max_tokens)
-        self.val_tokens = tokens[split - 1 : val_end]
+        self.val_tokens = np.concatenate([np.asarray(self.fresh_starts.start_ids(), dtype=tokens.dtype), np.asarray(tokens[split:val_end])])
         meta = self.corpus.meta["split"]
-        share = (val_end - split) / max(1, len(tokens) - split)
-        self.val_bytes = int(round(meta["val_bytes"] * share))
-        self.val_chars = int(round(meta["val_chars"] * share))
+        if val_end == len(tokens):
+            self.val_bytes, self.val_chars = int(meta["val_bytes"]), int(meta["val_chars"])
+        else:
+            self.val_bytes, self.val_chars = bounds_size(self.tokenizer, self.val_tokens, [(0, len(self.val_tokens) - 1)], self.documents)
+        self._val_sample: tuple[list[tuple[int, int]], int, int] | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
         self.progress = _Progress()
         self.state: tuple[torch.Tensor, ...] | None = None  # (h, c) for lstm, (h,) for gru and paper
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -534,10 +553,9 @@ class Trainer:
                 p.loss_sum, p.loss_count = 0.0, 0
             stopped_by = self._stop_reason(p.elapsed)
             if self._validation_due() or stopped_by in ("max_time", "max_steps", "epochs"):
-                before = p.elapsed
                 self._validate()
                 p.elapsed = self.group.broadcast_float(time.monotonic() - started)
-                self._next_validation = p.elapsed + AUTO_VALIDATION_RATIO * (p.elapsed - before)
+                p.next_validation = (math.floor(self._progress_fraction(p.elapsed) / VALIDATION_SHARE) + 1) * VALIDATION_SHARE
             if self.group.any(guard.signal_number is not None):
                 stopped_by = "signal"
             elif self.group.any(self._stop_requested is not None):
@@ -545,10 +563,12 @@ class Trainer:
             if stopped_by or self.group.any(time.monotonic() - last_checkpoint >= config.checkpoint_every):
                 self._save_checkpoint()
                 last_checkpoint = time.monotonic()
-        if self.group.is_main and (not self.output.exists() or p.best_val_loss is None):
-            self._save_bundle()
+        final = self._final_validation() if stopped_by in ("max_time", "max_steps", "epochs") else None
+        if self.group.is_main and (final is not None or not self.output.exists() or p.best_val_loss is None):
+            self._save_bundle(final)
         tokens_per_second = p.tokens_seen / max(p.elapsed, 1e-9)
-        result = TrainResult(self.output, p.step, p.tokens_seen, p.elapsed, p.best_val_loss, self._bits_per_char(p.best_val_loss), tokens_per_second, stopped_by)
+        best_loss, best_bpc = (final["nll"], final["bits_per_char"]) if final is not None else (p.best_val_loss, p.best_val_bits_per_char)
+        result = TrainResult(self.output, p.step, p.tokens_seen, p.elapsed, best_loss, best_bpc, tokens_per_second, stopped_by)
         self.on_event({"event": "end", **dataclasses.asdict(result), "output": str(self.output)})
         if stopped_by == "signal":
             raise TrainingInterrupted(guard.signal_number or signal.SIGINT, f"stopped at step {p.step}; checkpoint saved")
@@ -563,12 +583,13 @@ class Trainer:
 
     def _train_step(self, epoch: int, window: int, lr: float) -> float:
         self.model.train()
-        inputs, targets = self.batcher.batch(epoch, window)
-        x, y = self._to_device(inputs), self._to_device(targets)
+        batch = self.batcher.batch(epoch, window)
+        x, y = self._to_device(batch.inputs), self._to_device(batch.targets)
+        resets = torch.from_numpy(batch.resets) if len(batch.resets) else None
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            logits, state = self.forward(x, self.state)
+            logits, state = self.forward(x, self.state, resets)
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -588,12 +609,11 @@ class Trainer:
         return value
 
     def _validation_due(self) -> bool:
-        """Every --val-every steps; unset, after AUTO_VALIDATION_RATIO times the last validation's duration."""
+        """Every --val-every steps; unset, each time another VALIDATION_SHARE of the budget has passed."""
         p = self.progress
         if self.config.val_every is not None:
             return p.step % self.config.val_every == 0
-        next_validation = getattr(self, "_next_validation", None)
-        return p.step >= AUTO_FIRST_VALIDATION if next_validation is None else p.elapsed >= next_validation
+        return self._progress_fraction(p.elapsed) >= p.next_validation
 
     def _progress_fraction(self, elapsed: float) -> float:
         config, p = self.config, self.progress
@@ -619,30 +639,67 @@ class Trainer:
 
     # -- validation and bundles -------------------------------------------------------------------
 
-    def _bits_per_char(self, loss: float | None) -> float | None:
-        if loss is None or not self.val_chars:
-            return None
-        return loss * (len(self.val_tokens) - 1) / math.log(2) / self.val_chars
+    def _validation_sample(self) -> tuple[list[tuple[int, int]], int, int]:
+        """The fixed sample every periodic validation reads: (stream bounds, bytes, characters).
+
+        Its size is chosen at the first validation from the tokens trained since the start (one
+        validation interval), so that reading it costs about VALIDATION_COST of an interval.
+        """
+        p = self.progress
+        if self._val_sample is None:
+            if not p.val_sample_tokens:
+                interval = (self.config.val_every * self.config.batch_size * self.config.seq_len if self.config.val_every is not None
+                            else p.tokens_seen)
+                p.val_sample_tokens = max(MIN_VALIDATION_TOKENS, int(VALIDATION_COST * EVAL_SPEEDUP * interval))
+            streams = min(VALIDATION_STREAMS, max(1, p.val_sample_tokens // 512))
+            bounds = sample_bounds(self.val_tokens, p.val_sample_tokens, streams, self.fresh_starts)
+            self._val_sample = (bounds, *bounds_size(self.tokenizer, self.val_tokens, bounds, self.documents))
+        return self._val_sample
 
     def _validate(self) -> None:
+        """Score the validation sample; keep the weights (and write the bundle) when it improved."""
         p = self.progress
         if not self.group.is_main:
             self.group.barrier()
             return
-        nll, count = total_nll(self.model, self.val_tokens, num_streams=min(32, max(1, len(self.val_tokens) // 1024)), seq_len=256, device=self.device)
-        summary = summarize(nll, count, self.val_bytes, self.val_chars)
+        bounds, num_bytes, num_chars = self._validation_sample()
+        nll, count = parts_nll(self.model, self.val_tokens, bounds, self.fresh_starts.start_id, device=self.device)
+        summary = summarize(nll, count, num_bytes, num_chars)
         improved = p.best_val_loss is None or summary["nll"] < p.best_val_loss
         if improved:
-            p.best_val_loss = summary["nll"]
-            p.best_val_step = p.step
+            p.best_val_loss, p.best_val_bits_per_char, p.best_val_step = summary["nll"], summary["bits_per_char"], p.step
+            self._best_weights = {name: value.detach().to("cpu", copy=True) for name, value in self.model.state_dict().items()}
         record = {"type": "val", "step": p.step, "val_loss": summary["nll"], "val_bits_per_char": summary["bits_per_char"],
-                  "val_bits_per_byte": summary["bits_per_byte"], "best": improved, "elapsed": p.elapsed}
+                  "val_bits_per_byte": summary["bits_per_byte"], "val_tokens": count, "best": improved, "elapsed": p.elapsed}
         self._log_metrics(record)
         self.curve.append({"step": p.step, "train_loss": p.last_train_loss, "val_loss": summary["nll"]})
         self.on_event({"event": "val", **record})
         if improved:
             self._save_bundle()
         self.group.barrier()
+
+    def _final_validation(self) -> dict[str, Any] | None:
+        """The best weights read over the whole held-out split (up to --val-max-tokens), as `lstmgen eval` would.
+
+        The bundle records this figure. The model keeps the best weights afterwards (the
+        checkpoint, already written, holds the last ones for --resume).
+        """
+        if not self.group.is_main:
+            self.group.barrier()
+            return None
+        if self._best_weights is not None:
+            self.model.load_state_dict({name: value.to(self.device) for name, value in self._best_weights.items()})
+        streams = min(VALIDATION_STREAMS, max(1, (len(self.val_tokens) - 1) // 1024))
+        nll, count = total_nll(self.model, self.val_tokens, num_streams=streams, device=self.device, fresh_starts=self.fresh_starts)
+        summary = summarize(nll, count, self.val_bytes, self.val_chars)
+        summary["streams"] = streams
+        record = {"type": "val", "step": self.progress.best_val_step or self.progress.step, "val_loss": summary["nll"],
+                  "val_bits_per_char": summary["bits_per_char"], "val_bits_per_byte": summary["bits_per_byte"], "val_tokens": count,
+                  "final": True, "elapsed": self.progress.elapsed}
+        self._log_metrics(record)
+        self.on_event({"event": "val", **record, "best": True})
+        self.group.barrier()
+        return summary
 
     def _token_counts(self) -> list[int]:
         """How often each token occurs in the training split: the unigram baseline `eval` reports."""
@@ -654,15 +711,23 @@ class Trainer:
             self._counts = counts.tolist()
         return self._counts
 
-    def _save_bundle(self) -> None:
+    def _save_bundle(self, final: dict[str, Any] | None = None) -> None:
+        """Write the bundle: the current weights with the best validation figures (the final ones when given)."""
         p = self.progress
+        if final is not None:
+            validation = {"loss": final["nll"], "bits_per_char": final["bits_per_char"], "tokens": final["tokens"], "scope": "held-out split",
+                          "streams": final["streams"]}
+        else:
+            validation = {"loss": p.best_val_loss, "bits_per_char": p.best_val_bits_per_char, "tokens": p.val_sample_tokens,
+                          "scope": "sample of the held-out split"}
         training = {
             "steps": p.step,
             "tokens_seen": p.tokens_seen,
             "elapsed_seconds": round(p.elapsed, 3),
-            "best_val_loss": p.best_val_loss,
-            "best_val_bits_per_char": self._bits_per_char(p.best_val_loss),
+            "best_val_loss": validation["loss"],
+            "best_val_bits_per_char": validation["bits_per_char"],
             "best_val_step": p.best_val_step,
+            "validation": validation,
             "corpus_sha256": self.corpus.meta.get("corpus_sha256"),
             "corpus_files": [{"name": Path(f["path"]).name, "bytes": f["bytes"], "sha256": f["sha256"]} for f in self.corpus.meta.get("files", [])],
             "train_config": to_dict(self.config),
@@ -781,7 +846,18 @@ class Trainer:
         self.curve = list(state.get("curve", []))
         if self.group.is_main:
             self._truncate_metrics(self.progress.step)
+            self._best_weights = self._bundle_weights()
         self.on_event({"event": "resumed", "step": self.progress.step})
+
+    def _bundle_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights of the run's bundle (its best so far), for the final validation of a resumed run."""
+        from .bundle import load_bundle, weights_to_state_dict
+
+        try:
+            bundle = load_bundle(self.output)
+            return {name: value.detach().cpu() for name, value in weights_to_state_dict(self.model, bundle.tensors).items()}
+        except (LstmgenError, RuntimeError, KeyError):
+            return None
 
     def _check_compatible(self, saved: dict[str, Any]) -> None:
         current = self._fingerprint()
@@ -789,12 +865,12 @@ class Trainer:
             if saved.get(key) != current.get(key):
                 what = {"tokenizer_sha256": "the tokenizer", "corpus_sha256": "the corpus", "tokens_sha256": "the tokenized corpus"}[key]
                 raise LstmgenError(f"cannot resume: {what} differs from the checkpoint's; use the same corpus and tokenizer, or start without --resume")
-        for section in ("model", "train"):
+        for section, defaults in (("model", {}), ("train", to_dict(TrainConfig()))):
             old, new = saved.get(section, {}), current[section]
             for name in sorted(set(old) | set(new)):
                 if section == "train" and name in RESUMABLE_CHANGES:
                     continue
-                if old.get(name) != new.get(name):
+                if old.get(name, defaults.get(name)) != new.get(name):  # a setting newer than the checkpoint had its default
                     option = "--" + name.replace("_", "-")
                     raise LstmgenError(
                         f"cannot resume: {option} differs (checkpoint {old.get(name)!r}, now {new.get(name)!r}); drop the option or start without --resume"

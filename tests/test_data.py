@@ -122,20 +122,22 @@ def test_multiple_files_are_separate_documents(tmp_path: Path) -> None:
 def test_stream_batcher_windows_are_contiguous() -> None:
     tokens = np.arange(1000, dtype=np.uint16)
     batcher = StreamBatcher(tokens, num_streams=4, seq_len=10, seed=0)
-    x0, y0 = batcher.batch(0, 0)
-    x1, _ = batcher.batch(0, 1)
-    assert x0.shape == (4, 10)
-    assert (y0[:, :-1] == x0[:, 1:]).all()
-    assert (x1[:, 0] == x0[:, -1] + 1).all()  # the next window continues each stream
+    first, second = batcher.batch(0, 0), batcher.batch(0, 1)
+    assert first.inputs.shape == (4, 10) and len(first.resets) == 0
+    assert (first.targets[:, :-1] == first.inputs[:, 1:]).all()
+    assert (second.inputs[:, 0] == first.inputs[:, -1] + 1).all()  # the next window continues each stream
     assert batcher.windows_per_epoch(0) == 999 // 4 // 10
 
 
-def test_stream_batcher_phase_is_deterministic() -> None:
+def test_stream_batcher_epochs_rotate_and_cover_the_corpus() -> None:
+    """Each epoch reads every stream's share once, from an offset that differs between epochs."""
     tokens = np.arange(5000, dtype=np.uint16)
-    a = StreamBatcher(tokens, 4, 16, seed=3)
-    b = StreamBatcher(tokens, 4, 16, seed=3)
+    a, b = StreamBatcher(tokens, 4, 16, seed=3), StreamBatcher(tokens, 4, 16, seed=3)
     assert [a.phase(e) for e in range(5)] == [b.phase(e) for e in range(5)]
-    assert np.array_equal(a.batch(3, 2)[0], b.batch(3, 2)[0])
+    assert len({a.phase(e) for e in range(1, 6)}) > 1 and all(0 <= a.phase(e) < a.stream_length() for e in range(6))
+    assert np.array_equal(a.batch(3, 2).inputs, b.batch(3, 2).inputs)
+    read = np.concatenate([a.batch(2, w).inputs.ravel() for w in range(a.windows_per_epoch())])
+    assert len(np.unique(read)) == len(read) == a.windows_per_epoch() * 4 * 16  # no token twice in an epoch
 
 
 def test_corpus_smaller_than_a_batch_is_refused() -> None:

@@ -214,7 +214,8 @@ def test_evaluation_reads_documents_as_training_did(tokenizer, tmp_path: Path, d
     path = tmp_path / "part0.txt"
     ids, num_bytes, num_chars = encode_text_stream(tokenizer, CorpusReader(path, "strict").lines(), documents)
     trained = [int(t) for t in corpus.tokens()]
-    assert [int(t) for t in ids] == [tokenizer.bos_id] + trained[:-1]  # training's stream ends with one more EOS
+    start = [tokenizer.bos_id, tokenizer.eos_id] if documents == "blank-line" else [tokenizer.bos_id]  # as a sample starts
+    assert [int(t) for t in ids] == start + trained[:-1]  # training's stream ends with one more EOS
     assert (num_bytes, num_chars) == (len(POEM_FILE.encode()), len(POEM_FILE))
 
 
@@ -222,5 +223,6 @@ def test_poem_model_evaluates_with_its_document_convention(poem_model) -> None:
     text = "first poem\nline two\n\n\nsecond poem\n"
     as_documents = poem_model.evaluate(text)
     lines = ["first poem\n", "line two\n", "second poem\n"]
-    assert as_documents["tokens"] == sum(len(poem_model.tokenizer.encode(line)) for line in lines) + 1  # + one EOS for the blank run
+    # + one EOS for the blank run, and the EOS a sample of a blank-line model starts with
+    assert as_documents["tokens"] == sum(len(poem_model.tokenizer.encode(line)) for line in lines) + 2
     assert as_documents["chars"] == len(text)
