@@ -386,6 +386,7 @@ def train(
         raise LstmgenError(f"cannot resume: --val-fraction differs (checkpoint {saved_val_fraction!r}, now {val_fraction!r}); "
                            "drop the option or start over with --overwrite")
     _check_model_options(hidden_size, embedding_size, layers, dropout)
+    _check_model_settings(file_settings.get("model", {}))
     device_obj = resolve_device(train_config.device)
     if train_config.threads:
         import torch
@@ -404,7 +405,7 @@ def train(
         _check_init_from_options(init_bundle.model_config, hidden_size, embedding_size, layers, tie_weights, cell)
     # The lock comes before anything in the run directory is read for reuse or written: a refused run changes nothing.
     lock: Any = RunLock(run_dir) if group.is_main else contextlib.nullcontext()
-    with lock, _termination_raises():
+    with _termination_raises(), lock:
         if group.is_main:
             _refuse_replacing_a_run(output, run_dir, resume, overwrite)
             if saved:
@@ -510,8 +511,10 @@ def _check_init_from_options(base: Any, hidden_size: Optional[int], embedding_si
                            f"{base.embedding_size}{', tied' if base.tie_weights else ', untied'} weights); drop {', '.join(changed)}")
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived while a run was being prepared (the trainer handles it itself once training runs)."""
+class _Terminated(BaseException):
+    """SIGTERM arrived while a run was being prepared (the trainer handles it itself once training runs).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
 @contextlib.contextmanager
@@ -651,6 +654,16 @@ def _check_model_options(hidden_size: Optional[int], embedding_size: Optional[in
     for name, value in {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout}.items():
         if value is not None:
             setattr(probe, name, value)
+    probe.validate()
+
+
+def _check_model_settings(settings: dict[str, Any]) -> None:
+    """Refuse a config file's [model] table before any work (it is applied once the corpus is encoded)."""
+    from .config import ModelConfig, apply_settings
+
+    probe = ModelConfig(vocab_size=2)
+    apply_settings(probe, settings, "model")
+    probe.vocab_size = 2
     probe.validate()
 
 
@@ -1056,6 +1069,7 @@ def evaluate(
     detail = _check_eval_detail(files, as_json, streams, per_token, top_k_alternatives, heatmap, html_path)
     for path in files:
         _check_text_file(path, "eval")
+        _refuse_blank_text(path)
     model_path = _model_and_page(model, files, html_path)
     from .api import LanguageModel
 
@@ -1083,6 +1097,20 @@ def evaluate(
     console = Console(no_color=bool(os.environ.get("NO_COLOR"))) if sys.stdout.isatty() and not per_token else _stderr_console()
     console.print(table)
     _print_baselines(rows, console)
+
+
+def _refuse_blank_text(path: Path, limit: int = 1 << 20) -> None:
+    """A file of nothing but blank lines has no text to score: say so instead of computing a figure of nothing.
+
+    Only files up to `limit` bytes are read for this (a larger one of white space alone is no one's held-out text)."""
+    from .fsutil import read_head
+
+    try:
+        if os.stat(path).st_size > limit or read_head(path, limit).strip():
+            return
+    except (OSError, ValueError):
+        return  # the reader reports it
+    raise LstmgenError(f"{path} holds only blank lines and white space: there is no text to score; give a file with text")
 
 
 def _combine(results: list[dict[str, Any]], baselines: bool = False) -> dict[str, Any]:

@@ -146,6 +146,10 @@ def child(request):
         sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding=ENCODING, errors=IN_ERRORS)
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding=ENCODING, errors=OUT_ERRORS)
         sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding=ENCODING, errors="backslashreplace", line_buffering=True)
+        for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):  # `<&-` and friends: Python starts with None there
+            if name in request.get("closed", []):
+                os.close(fd)
+                setattr(sys, name, None)
         sys.argv = ["lstmgen", *request["args"]]
         lstmgen.cli.main(request["args"])
         code = 0
@@ -223,11 +227,12 @@ class CliServer:
 
     def __call__(self, *args: str, cwd: Path | None = None, input: bytes | None = None, env: dict[str, str] | None = None,
                  timeout: float = 120, unprivileged: bool = False, rlimits: dict[str, int] | None = None,
-                 stdout_closed: bool = False, user: tuple[int, int] | None = None) -> CliRun:
+                 stdout_closed: bool = False, user: tuple[int, int] | None = None, closed: tuple[str, ...] = ()) -> CliRun:
         """`rlimits` maps resource names (RLIMIT_AS, RLIMIT_FSIZE...) to a limit. `unprivileged`: subject the
         run to file permissions even as root (root keeps its uid but loses CAP_DAC_OVERRIDE and friends);
         a run that cannot do that exits with CANNOT_DROP_ROOT. `stdout_closed`: stdout is a pipe nobody reads.
-        `user`: (uid, gid) to run as, e.g. nobody's, when the suite runs as root (stdio is opened before)."""
+        `user`: (uid, gid) to run as, e.g. nobody's, when the suite runs as root (stdio is opened before).
+        `closed`: standard streams ("stdin", "stdout", "stderr") closed when lstmgen starts, as `<&-` does."""
         import tempfile
 
         full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
@@ -241,7 +246,7 @@ class CliServer:
             Path(path).touch()
         request = {"args": [str(a) for a in args], "cwd": str(cwd or self.scratch), "env": full_env, "stdin": stdin_path, "stdout": stdout_path,
                    "stderr": stderr_path, "rlimits": rlimits or {}, "unprivileged": unprivileged, "timeout": timeout,
-                   "stdout_closed": stdout_closed, "user": list(user) if user else None}
+                   "stdout_closed": stdout_closed, "user": list(user) if user else None, "closed": list(closed)}
         try:
             if self.exec_mode:
                 reply = self._exec(request)
@@ -277,6 +282,9 @@ class CliServer:
                 os.setgroups([])
                 os.setgid(request["user"][1])
                 os.setuid(request["user"][0])
+            for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+                if name in request.get("closed", []):
+                    os.close(fd)
 
         started = time.monotonic()
         with open(request["stdin"], "rb") as stdin, open(request["stdout"], "wb") as stdout, open(request["stderr"], "wb") as stderr:
