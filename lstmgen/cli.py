@@ -337,7 +337,7 @@ def train(
     from .config import TokenizerConfig, TrainConfig, apply_settings, load_config_file, parse_duration
     from .data import check_corpus_file
     from .distributed import setup as setup_distributed
-    from .trainer import RunLock, Trainer, apply_device_defaults, budget_dropout, load_checkpoint_config, resolve_device, run_directory, suggest_model
+    from .trainer import RunLock, Trainer, apply_device_defaults, load_checkpoint_config, resolve_device, run_directory
 
     group = setup_distributed()
     if not group.is_main:
@@ -410,42 +410,23 @@ def train(
             _refuse_replacing_a_run(output, run_dir, resume, overwrite)
             if saved:
                 _check_resume_inputs(run_dir, corpus, tokenizer_dir, init_bundle)
-            try:
+        try:  # until training starts, a failure removes the run directory this run made
+            if group.is_main:
                 corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
                                               documents=documents)
                 _check_corpus_fits_a_batch(corpus_data.split, train_config)
-            except BaseException:
-                if lock.created:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                raise
-            group.barrier()
-        else:
-            group.barrier()  # rank 0 has written the encoding; the other ranks find it ready
-            corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
-                                          documents=documents)
-
-        if saved:
-            model_config = saved[0]
-        elif init_bundle is not None:
-            model_config = dataclasses.replace(init_bundle.model_config)  # a copy: --dropout may change, the base stays as it is
-        else:
-            model_config = suggest_model(corpus_data.split, corpus_data.meta["vocab_size"], device_obj)
-        file_model = dict(file_settings.get("model", {}))
-        if file_model and not saved and init_bundle is None:
-            if "hidden_size" in file_model and "embedding_size" not in file_model:
-                file_model["embedding_size"] = file_model["hidden_size"]
-            apply_settings(model_config, file_model, "model")
-        model_overrides = {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout, "cell": cell}
-        for name, value in model_overrides.items():
-            if value is not None:
-                setattr(model_config, name, value)
-        if hidden_size is not None and embedding_size is None and not saved and init_bundle is None:
-            model_config.embedding_size = hidden_size
-        if not tie_weights:
-            model_config.tie_weights = False
-        if not saved and init_bundle is None and dropout is None and "dropout" not in file_model:
-            model_config.dropout = budget_dropout(model_config, train_config, corpus_data.split, device_obj, group.broadcast_float)
-        model_config.validate()
+                group.barrier()
+            else:
+                group.barrier()  # rank 0 has written the encoding; the other ranks find it ready
+                corpus_data = _prepare_corpus(corpus, run_dir / "tokens", tokenizer_config, tokenizer_dir, init_bundle, val_fraction, errors, resume,
+                                              documents=documents)
+            model_config = _train_model_config(saved, init_bundle, corpus_data, device_obj, file_settings.get("model", {}), train_config, group,
+                                               hidden_size=hidden_size, embedding_size=embedding_size, num_layers=layers, dropout=dropout,
+                                               cell=cell, tie_weights=tie_weights)
+        except BaseException:
+            if group.is_main and lock.created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
         if dry_run:
             if group.is_main:
@@ -466,6 +447,38 @@ def train(
                 from .distributed import shutdown
 
                 shutdown()
+
+
+def _train_model_config(saved: Any, init_bundle: Any, corpus_data: Any, device: Any, file_model: dict[str, Any], train_config: Any, group: Any,
+                        **options: Any) -> Any:
+    """The model configuration of a run: the checkpoint's, the base model's (--init-from), or one sized for the corpus;
+    then the config file's [model] table and the command line's options (a value of None is not given)."""
+    from .config import apply_settings
+    from .trainer import budget_dropout, suggest_model
+
+    if saved:
+        model_config = saved[0]
+    elif init_bundle is not None:
+        model_config = dataclasses.replace(init_bundle.model_config)  # a copy: --dropout may change, the base stays as it is
+    else:
+        model_config = suggest_model(corpus_data.split, corpus_data.meta["vocab_size"], device)
+    file_model = dict(file_model)
+    if file_model and not saved and init_bundle is None:
+        if "hidden_size" in file_model and "embedding_size" not in file_model:
+            file_model["embedding_size"] = file_model["hidden_size"]
+        apply_settings(model_config, file_model, "model")
+    tie_weights = options.pop("tie_weights")
+    for name, value in options.items():
+        if value is not None:
+            setattr(model_config, name, value)
+    if options["hidden_size"] is not None and options["embedding_size"] is None and not saved and init_bundle is None:
+        model_config.embedding_size = options["hidden_size"]
+    if not tie_weights:
+        model_config.tie_weights = False
+    if not saved and init_bundle is None and options["dropout"] is None and "dropout" not in file_model:
+        model_config.dropout = budget_dropout(model_config, train_config, corpus_data.split, device, group.broadcast_float)
+    model_config.validate()
+    return model_config
 
 
 def _declare_train_inputs(corpus: list[Path], tokenizer_dir: Optional[Path], init_path: Optional[Path], config_file: Optional[Path]) -> None:
@@ -592,10 +605,10 @@ def _date(timestamp: float) -> str:
 
 def _bundle_training(path: Path) -> dict[str, Any]:
     """The `training` record of a bundle's metadata, read without the weights ({} when unreadable)."""
-    from .registry import META_LIMIT, META_NAME, _read_member
+    from .registry import bundle_metadata
 
     try:
-        training = json.loads(_read_member(path, META_NAME, META_LIMIT)).get("training")
+        training = bundle_metadata(path).get("training")
     except Exception:  # a damaged bundle is still a bundle: say so without its figures
         return {}
     return training if isinstance(training, dict) else {}

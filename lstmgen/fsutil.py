@@ -277,11 +277,6 @@ def check_output_directory(path: Path | str, what: str, option: str = "-o", memb
             _check_existing(member, member_info, None, f"{what} file", option)
 
 
-def check_writable_directory(path: Path, what: str = "output") -> None:
-    """Fail early, before hours of work, when `path` cannot be written (check_output without a kind)."""
-    check_output(path, None, what)
-
-
 # -- reading user-named files within bounds -------------------------------------------------------------
 
 

@@ -105,10 +105,17 @@ def _size_on_disk(path: Path) -> int:
 def describe_bundle(path: Path) -> str:
     """One line from lstmgen.json and the weights' header, without reading the weights: listing stays instant."""
     try:
-        meta = json.loads(_read_member(path, META_NAME, META_LIMIT))
-        return _summary(meta, _count_parameters(path))
+        return _summary(bundle_metadata(path), _count_parameters(path))
     except Exception:  # a listing must show every file; `lstmgen info` gives the precise reason
         return "unreadable: damaged or not an lstmgen bundle (`lstmgen info PATH` says why)"
+
+
+def bundle_metadata(path: Path) -> dict[str, Any]:
+    """A bundle's lstmgen.json, read without its weights (raises on a damaged or foreign file)."""
+    meta = json.loads(_read_member(path, META_NAME, META_LIMIT))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{META_NAME} is not a JSON object")
+    return meta
 
 
 def _read_member(path: Path, name: str, limit: int) -> bytes:
