@@ -385,7 +385,7 @@ def train(
     if saved and val_fraction != saved_val_fraction:
         raise LstmgenError(f"cannot resume: --val-fraction differs (checkpoint {saved_val_fraction!r}, now {val_fraction!r}); "
                            "drop the option or start over with --overwrite")
-    _check_model_options(hidden_size, embedding_size, layers, dropout)
+    _check_model_options(hidden_size, embedding_size, layers, dropout, cell)
     _check_model_settings(file_settings.get("model", {}))
     device_obj = resolve_device(train_config.device)
     if train_config.threads:
@@ -659,12 +659,14 @@ def _check_resume_inputs(run_dir: Path, corpus: list[Path], tokenizer_dir: Optio
         raise LstmgenError("cannot resume: the tokenizer differs from the checkpoint's; drop --tokenizer/--init-from, or start over with --overwrite")
 
 
-def _check_model_options(hidden_size: Optional[int], embedding_size: Optional[int], layers: Optional[int], dropout: Optional[float]) -> None:
-    """Refuse impossible model sizes before any work (the rest of the config is known only later)."""
+def _check_model_options(hidden_size: Optional[int], embedding_size: Optional[int], layers: Optional[int], dropout: Optional[float],
+                         cell: Optional[str] = None) -> None:
+    """Refuse impossible model options before any work (the rest of the config is known only later)."""
     from .config import ModelConfig
 
     probe = ModelConfig(vocab_size=2)
-    for name, value in {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout}.items():
+    for name, value in {"hidden_size": hidden_size, "embedding_size": embedding_size, "num_layers": layers, "dropout": dropout,
+                        "cell": cell}.items():
         if value is not None:
             setattr(probe, name, value)
     probe.validate()

@@ -306,11 +306,18 @@ def test_config_files_are_read_within_bounds(ws: Path, fast_cli) -> None:
 @pytest.mark.parametrize("setting, fragment", [
     ("[tokenizer]\nmax_training_bytes = 0\n", "max_training_bytes must be a whole number from 65536"),
     ("[model]\nvocab_size = 5\n", "[model] vocab_size cannot be set"),
+    ("[model]\ncell = \"lstm2\"\n", "--cell must be one of"),
 ])
 def test_config_settings_that_would_fail_later_are_refused_first(setting: str, fragment: str, ws: Path, fast_cli) -> None:
     (ws / "run.toml").write_text(setting)
     one_error(fast_cli("train", "corpus.txt", "-o", "new.lstmgen", "--config", "run.toml", "--dry-run", cwd=ws), fragment)
     assert not (ws / "new.lstmgen.run").exists()
+
+
+def test_an_unknown_cell_is_refused_before_any_work(ws: Path, fast_cli) -> None:
+    before = state(ws)
+    one_error(fast_cli("train", "corpus.txt", "-o", "new.lstmgen", "--cell", "lstm2", cwd=ws), "--cell must be one of")
+    assert state(ws) == before
 
 
 @pytest.mark.parametrize("closed, args, code, fragment", [
