@@ -400,7 +400,7 @@ class Trainer:
             if resume:
                 raise LstmgenError(
                     f"cannot resume: the checkpoint's model has a vocabulary of {model_config.vocab_size} but this run's tokenizer has "
-                    f"{self.tokenizer.vocab_size}; use the corpus and tokenizer of the checkpoint's run, or start without --resume"
+                    f"{self.tokenizer.vocab_size}; use the corpus and tokenizer of the checkpoint's run, or start over with --overwrite"
                 )
             raise LstmgenError(
                 f"the model's vocabulary ({model_config.vocab_size}) does not match the tokenizer's ({self.tokenizer.vocab_size}); "
@@ -663,6 +663,7 @@ class Trainer:
             self.group.barrier()
             return
         bounds, num_bytes, num_chars = self._validation_sample()
+        began = time.monotonic()
         nll, count = parts_nll(self.model, self.val_tokens, bounds, self.fresh_starts.start_id, device=self.device)
         summary = summarize(nll, count, num_bytes, num_chars)
         improved = p.best_val_loss is None or summary["nll"] < p.best_val_loss
@@ -670,7 +671,8 @@ class Trainer:
             p.best_val_loss, p.best_val_bits_per_char, p.best_val_step = summary["nll"], summary["bits_per_char"], p.step
             self._best_weights = {name: value.detach().to("cpu", copy=True) for name, value in self.model.state_dict().items()}
         record = {"type": "val", "step": p.step, "val_loss": summary["nll"], "val_bits_per_char": summary["bits_per_char"],
-                  "val_bits_per_byte": summary["bits_per_byte"], "val_tokens": count, "best": improved, "elapsed": p.elapsed}
+                  "val_bits_per_byte": summary["bits_per_byte"], "val_tokens": count, "best": improved, "elapsed": p.elapsed,
+                  "seconds": round(time.monotonic() - began, 3)}
         self._log_metrics(record)
         self.curve.append({"step": p.step, "train_loss": p.last_train_loss, "val_loss": summary["nll"]})
         self.on_event({"event": "val", **record})
@@ -690,12 +692,13 @@ class Trainer:
         if self._best_weights is not None:
             self.model.load_state_dict({name: value.to(self.device) for name, value in self._best_weights.items()})
         streams = min(VALIDATION_STREAMS, max(1, (len(self.val_tokens) - 1) // 1024))
+        began = time.monotonic()
         nll, count = total_nll(self.model, self.val_tokens, num_streams=streams, device=self.device, fresh_starts=self.fresh_starts)
         summary = summarize(nll, count, self.val_bytes, self.val_chars)
         summary["streams"] = streams
         record = {"type": "val", "step": self.progress.best_val_step or self.progress.step, "val_loss": summary["nll"],
                   "val_bits_per_char": summary["bits_per_char"], "val_bits_per_byte": summary["bits_per_byte"], "val_tokens": count,
-                  "final": True, "elapsed": self.progress.elapsed}
+                  "final": True, "elapsed": self.progress.elapsed, "seconds": round(time.monotonic() - began, 3)}
         self._log_metrics(record)
         self.on_event({"event": "val", **record, "best": True})
         self.group.barrier()
@@ -816,7 +819,7 @@ class Trainer:
         members = read_members(self.checkpoint_path, CHECKPOINT_MEMBERS, what="checkpoint")
         state = parse_json_member(members["state.json"], "state.json", self.checkpoint_path)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("format_version") != CHECKPOINT_VERSION:
-            raise LstmgenError(f"{self.checkpoint_path} is not an lstmgen checkpoint of version {CHECKPOINT_VERSION}; start without --resume")
+            raise LstmgenError(f"{self.checkpoint_path} is not an lstmgen checkpoint of version {CHECKPOINT_VERSION}; start over with --overwrite")
         self._check_compatible(state.get("fingerprint", {}))
         tensors = parse_safetensors(members["tensors.safetensors"], self.checkpoint_path, "tensors.safetensors")
         model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
@@ -835,7 +838,7 @@ class Trainer:
             self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
             self.progress = _Progress(**state["progress"])
         except (RuntimeError, KeyError, TypeError, ValueError) as error:
-            raise LstmgenError(f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start without --resume") from None
+            raise LstmgenError(f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start over with --overwrite") from None
         rank = self.group.rank
         torch.set_rng_state(tensors.get(f"rng.cpu.r{rank}", tensors["rng.cpu"]))
         if self.device.type == "cuda" and "rng.cuda" in tensors:
@@ -864,7 +867,7 @@ class Trainer:
         for key in ("tokenizer_sha256", "corpus_sha256", "tokens_sha256"):
             if saved.get(key) != current.get(key):
                 what = {"tokenizer_sha256": "the tokenizer", "corpus_sha256": "the corpus", "tokens_sha256": "the tokenized corpus"}[key]
-                raise LstmgenError(f"cannot resume: {what} differs from the checkpoint's; use the same corpus and tokenizer, or start without --resume")
+                raise LstmgenError(f"cannot resume: {what} differs from the checkpoint's; use the same corpus and tokenizer, or start over with --overwrite")
         for section, defaults in (("model", {}), ("train", to_dict(TrainConfig()))):
             old, new = saved.get(section, {}), current[section]
             for name in sorted(set(old) | set(new)):
@@ -873,7 +876,7 @@ class Trainer:
                 if old.get(name, defaults.get(name)) != new.get(name):  # a setting newer than the checkpoint had its default
                     option = "--" + name.replace("_", "-")
                     raise LstmgenError(
-                        f"cannot resume: {option} differs (checkpoint {old.get(name)!r}, now {new.get(name)!r}); drop the option or start without --resume"
+                        f"cannot resume: {option} differs (checkpoint {old.get(name)!r}, now {new.get(name)!r}); drop the option or start over with --overwrite"
                     )
 
 
