@@ -1,4 +1,4 @@
-"""The Python API: `lstmgen.load(path)` returns a LanguageModel. The CLI is a thin layer over it."""
+"""The Python API: `lstmgen.load(model)` returns a LanguageModel. The CLI is a thin layer over it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any
 import torch
 
 from .bundle import Bundle, load_bundle
+from .config import InferenceOptions, SamplingOptions
 from .data import FreshStarts
 from .errors import LstmgenError
 from .evaluation import evaluate_file, evaluate_text
 from .model import LSTMLanguageModel
-from .sampling import Sample, Sampler, SamplingOptions, check_num_samples
+from .options import declared_by_name
+from .sampling import Sample, Sampler, check_num_samples
 from .tokenizer import Tokenizer
 
 
@@ -25,8 +27,10 @@ class LanguageModel:
     byte that `evaluate` measures.
     """
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", quantize: str | None = None) -> None:
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", quantize: str | None = None, source: str | None = None) -> None:
         self.bundle = bundle
+        #: Where the model came from (the bundle's path), for repr and messages.
+        self.source = source
         self.device = torch.device(device)
         self.model: LSTMLanguageModel = bundle.build_model(self.device)  # type: ignore[assignment]
         self.tokenizer: Tokenizer = bundle.tokenizer
@@ -38,13 +42,26 @@ class LanguageModel:
         self._fresh_starts: FreshStarts | None = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", quantize: str | None = None) -> LanguageModel:
-        from .quantization import check_quantize
-        from .trainer import resolve_device
+    def load(cls, model: str | Path | None = None, device: str = "cpu", quantize: str | None = None, threads: int | None = None) -> LanguageModel:
+        """A bundle path or a model name, exactly as `-m` takes it (None: $LSTMGEN_MODEL, else the built-in default)."""
+        import os
 
+        from .device import check_inference, resolve_device, use_threads
+        from .quantization import check_quantize
+        from .registry import resolve_model
+
+        check_inference(InferenceOptions(device=device, quantize=quantize or "none", threads=threads))
         resolved = resolve_device(device)
         check_quantize(quantize, resolved)
-        return cls(load_bundle(Path(path)), device=resolved, quantize=quantize)
+        use_threads(threads)
+        path = resolve_model(str(model) if model is not None else None, os.environ)
+        return cls(load_bundle(path), device=resolved, quantize=quantize, source=str(path))
+
+    def __repr__(self) -> str:
+        config = self.config
+        quantized = f", {self.quantize}" if self.quantize else ""
+        return (f"<LanguageModel {config.num_layers}×{config.hidden_size} {config.cell.upper()}, {self.num_parameters():,} parameters, "
+                f"vocabulary {config.vocab_size}{quantized}, from {self.source or 'memory'}>")
 
     @property
     def config(self) -> Any:
@@ -79,9 +96,13 @@ class LanguageModel:
         return self.sample_many(prompt, 1, **options)[0]
 
     def sample_many(self, prompt: str = "", num_samples: int = 1, **options: Any) -> list[Sample]:
-        """`num_samples` continuations of one prompt, generated as one batch."""
+        """`num_samples` continuations of one prompt, generated side by side (in batches of bounded size)."""
         check_num_samples(num_samples)
         return _collect(self._sampler.stream(prompt, _options(options), num_samples=num_samples), num_samples)
+
+    def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
+        """Yield (sample index, text piece) as samples grow and (index, Sample) as each ends: what `lstmgen sample` prints."""
+        return self._sampler.stream(prompt, options, num_samples=num_samples)
 
     def sample_batch(self, prompts: Sequence[str], **options: Any) -> list[Sample]:
         """One sample per prompt, all generated as ONE batch (prompts may differ in length).
@@ -102,10 +123,10 @@ class LanguageModel:
 
     def evaluate(self, text: str, streams: int | None = None) -> dict[str, Any]:
         """Same keys as `lstmgen eval --json`: tokens, nll, perplexity, bits per byte/char..."""
-        return evaluate_text(self._eval_model, self.tokenizer, text, num_streams=streams, device=self.device, documents=self.documents)
+        return evaluate_text(self.network, self.tokenizer, text, num_streams=streams, device=self.device, documents=self.documents)
 
     def evaluate_file(self, path: str | Path, streams: int | None = None, errors: str = "strict") -> dict[str, Any]:
-        return evaluate_file(self._eval_model, self.tokenizer, Path(path), num_streams=streams, errors=errors, device=self.device,
+        return evaluate_file(self.network, self.tokenizer, Path(path), num_streams=streams, errors=errors, device=self.device,
                              documents=self.documents)
 
     @property
@@ -116,7 +137,7 @@ class LanguageModel:
         return self._fresh_starts
 
     @property
-    def _eval_model(self) -> Any:
+    def network(self) -> Any:
         """The network evaluation runs: the float model, or the int8 one the sampler steps."""
         return self._sampler.stepper.int8 if self._sampler.stepper.int8 is not None else self.model
 
@@ -146,9 +167,8 @@ def _options(options: dict[str, Any]) -> SamplingOptions:
     if "stop" in fields:
         stop = fields["stop"]
         fields["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    try:
-        return SamplingOptions(**fields)
-    except TypeError:
-        known = ", ".join(f for f in SamplingOptions.__dataclass_fields__)
-        unknown = ", ".join(sorted(set(fields) - set(SamplingOptions.__dataclass_fields__)))
-        raise LstmgenError(f"unknown sampling option {unknown}; the options are {known}") from None
+    known = declared_by_name(SamplingOptions)
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise LstmgenError(f"unknown sampling option {', '.join(unknown)}; the options are {', '.join(known)}")
+    return SamplingOptions(**fields)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .config import ModelConfig, from_dict, to_dict
 from .errors import LstmgenError
 from .fsutil import BUNDLE, atomic_writer
@@ -442,3 +442,11 @@ def validate_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[i
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def bundle_summary(path: Path) -> dict[str, Any]:
+    """A bundle's metadata (`lstmgen info --json`) with its parameter count, checked as loading checks it."""
+    from .model import LSTMLanguageModel
+
+    bundle = load_bundle(path)
+    return {**bundle.meta, "parameters": LSTMLanguageModel(bundle.model_config).num_parameters()}

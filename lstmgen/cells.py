@@ -1,5 +1,11 @@
 """Recurrent cells: PyTorch's LSTM and GRU, and the design document's own LSTM ("paper").
 
+Each cell's one-step equations are written once, here (`lstm_update`, `gru_update`,
+`paper_update` and `paper_output`), and every part of lstmgen that steps a cell uses them: the
+paper cell's training loop, the sampler's fused one-token steps (`Cell.make_step`), int8
+inference (lstmgen.quantization) and inspection's per-position trace (`Cell.trace`). `CELLS`
+maps each name of `config.CELLS` to its implementation.
+
 Every cell is used the same way by the model (see `build_rnn`, `run_rnn`, `make_step`):
 
 - the window forward takes inputs (batch, time, in) and a state, and returns the top layer's
@@ -35,16 +41,79 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-#: The cells `ModelConfig.cell` accepts (config.CELLS is this tuple).
-CELL_NAMES = ("lstm", "gru", "paper")
-#: The names of the state tensors of each cell, in tuple order (checkpoints store `carry.NAME`).
-STATE_NAMES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "paper": ("h",)}
-
 #: The paper cell's W_hh starts at this fraction of PyTorch's default bound (PaperLSTM.reset_parameters).
 RECURRENT_INIT_SCALE = 0.5
 
+from .config import CELLS as CELL_NAMES
+
 State = tuple[torch.Tensor, ...]
 Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
+Sigmoid = Callable[[torch.Tensor], torch.Tensor]
+
+
+# -- the equations of one time step -----------------------------------------------------------
+
+
+def sigmoid_(tensor: torch.Tensor) -> torch.Tensor:
+    """σ in place: the gates' activation in float inference."""
+    return tensor.sigmoid_()
+
+
+def lstm_update(gates: torch.Tensor, c: torch.Tensor, sigmoid: Sigmoid = sigmoid_) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step from its gate pre-activations, in the order (i, f, o, g) (`reorder_gates`):
+
+        c_t = σ(f) ⊙ c_{t−1} + σ(i) ⊙ tanh(g),   h_t = σ(o) ⊙ tanh(c_t)
+
+    `gates` (B, 4H) is overwritten. `sigmoid` activates the three sigmoid gates in place; int8
+    inference passes one built from tanh, whose rounding does not depend on the batch. The sum is
+    a multiply and an add, never a fused multiply-add, for the same reason.
+    """
+    hidden = c.shape[-1]
+    sig = sigmoid(gates[:, : 3 * hidden])
+    candidate = gates[:, 3 * hidden :].tanh()
+    c = sig[:, hidden : 2 * hidden] * c
+    c.add_(sig[:, :hidden] * candidate)
+    return torch.tanh(c).mul_(sig[:, 2 * hidden :]), c
+
+
+def reorder_gates(tensor: torch.Tensor, sigmoid_scale: float = 1.0) -> torch.Tensor:
+    """PyTorch's LSTM gate order (i, f, g, o) → (i, f, o, g): the three sigmoid gates side by side,
+    optionally multiplied by `sigmoid_scale`."""
+    i, f, g, o = tensor.chunk(4, dim=0)
+    return torch.cat([i * sigmoid_scale, f * sigmoid_scale, o * sigmoid_scale, g], dim=0)
+
+
+def gru_update(from_input: torch.Tensor, from_state: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """One GRU step (PyTorch's equations) from W_ih x + b_ih and W_hh h + b_hh, each (B, 3H) as [r, z, n]:
+
+        r = σ(.r + .r),  z = σ(.z + .z),  n = tanh(x.n + r ⊙ h.n),  h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
+    """
+    ir, iz, in_ = from_input.chunk(3, dim=1)
+    hr, hz, hn = from_state.chunk(3, dim=1)
+    r = torch.sigmoid(ir + hr)
+    z = torch.sigmoid(iz + hz)
+    n = torch.tanh(in_ + r * hn)
+    return n + z * (h - n)
+
+
+def paper_update(gates: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper cell's recurrence from the pre-activations [i, f, h~] (B, 3H), which become the gates in place:
+
+        h_t = σ(f) ⊙ h_{t−1} + σ(i) ⊙ tanh(h~)
+
+    `out` (B, H), when given, receives h_t (the training loop keeps every step's state).
+    """
+    hidden = h.shape[-1]
+    gates[:, : 2 * hidden].sigmoid_()
+    gates[:, 2 * hidden :].tanh_()
+    h_new = torch.mul(gates[:, hidden : 2 * hidden], h, out=out) if out is not None else gates[:, hidden : 2 * hidden] * h
+    return h_new.addcmul_(gates[:, :hidden], gates[:, 2 * hidden :])
+
+
+def paper_output(pre_output: torch.Tensor, h: torch.Tensor, weight_ho_t: torch.Tensor) -> torch.Tensor:
+    """The paper cell's output y_t = σ(W_xo x_t + b_o + W_ho h_t) ⊙ tanh(h_t); it reads the new state
+    and never feeds the recurrence, so it may run for a whole window at once."""
+    return torch.addmm(pre_output, h, weight_ho_t).sigmoid_().mul_(torch.tanh(h))
 
 
 # -- the paper cell -----------------------------------------------------------------------------
@@ -63,14 +132,8 @@ def _paper_forward_loop(projected: torch.Tensor, h0: torch.Tensor, weight_hh: to
     weight_t = weight_hh.t()
     h = h0
     for t in range(steps):
-        g = gates[t]
-        torch.addmm(projected[t, :, : 3 * hidden], h, weight_t, out=g)
-        g[:, : 2 * hidden].sigmoid_()
-        g[:, 2 * hidden :].tanh_()
-        h_new = states[t]
-        torch.mul(g[:, hidden : 2 * hidden], h, out=h_new)
-        h_new.addcmul_(g[:, :hidden], g[:, 2 * hidden :])
-        h = h_new
+        torch.addmm(projected[t, :, : 3 * hidden], h, weight_t, out=gates[t])
+        h = paper_update(gates[t], h, out=states[t])
     return states, gates
 
 
@@ -229,161 +292,250 @@ class PaperLSTM(nn.Module):
         return layer_input.transpose(0, 1), torch.stack(finals)
 
 
+# -- the cells --------------------------------------------------------------------------------
+
+
+class Cell:
+    """What lstmgen needs of a recurrent cell: its module, tensors, state, window forward, one-token
+    step (sampling) and per-position trace (inspection), the last two from the equations above."""
+
+    #: The names of the state tensors, in tuple order (checkpoints store `carry.NAME`).
+    state_names: tuple[str, ...] = ("h",)
+    #: What inspection shows (lstmgen.inspection): "c" a cell state, "h" an output.
+    inspect_kinds: tuple[str, ...] = ("h",)
+
+    def build(self, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+        raise NotImplementedError
+
+    def shapes(self, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+        """Parameter names (without the `rnn.` prefix) and shapes of a stack of this cell."""
+        raise NotImplementedError
+
+    def run(self, rnn: nn.Module, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """Window forward: x (batch, time, in) → top outputs (batch, time, H) and the new state."""
+        output, h = rnn(x, state[0] if state is not None else None)
+        return output, (h,)
+
+    def make_step(self, rnn: nn.Module, num_layers: int) -> Step:
+        """(x (B, in), state) → (top output (B, H), new state), with the weights prepared once."""
+        raise NotImplementedError
+
+    def trace(self, rnn: nn.Module, layer: int, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One layer over a whole sequence from the zero state, keeping every step: inputs (T, in) →
+        {"out": (T, H) fed to the next layer, and each of `inspect_kinds`: (T, H)}. Float32, CPU."""
+        raise NotImplementedError
+
+
+def _weight(rnn: nn.Module, name: str, layer: int) -> torch.Tensor:
+    return getattr(rnn, f"{name}_l{layer}").detach().float()
+
+
+def _torch_shapes(gates: int, input_size: int, hidden: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(num_layers):
+        inputs = input_size if layer == 0 else hidden
+        shapes[f"weight_ih_l{layer}"] = (gates * hidden, inputs)
+        shapes[f"weight_hh_l{layer}"] = (gates * hidden, hidden)
+        shapes[f"bias_ih_l{layer}"] = (gates * hidden,)
+        shapes[f"bias_hh_l{layer}"] = (gates * hidden,)
+    return shapes
+
+
+class LSTMCell(Cell):
+    """torch.nn.LSTM (cuDNN on GPUs); steps use `lstm_update` on gates reordered to (i, f, o, g)."""
+
+    state_names = ("h", "c")
+    inspect_kinds = ("c", "h")
+
+    def build(self, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+        return nn.LSTM(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+
+    def shapes(self, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+        return _torch_shapes(4, input_size, hidden_size, num_layers)
+
+    def run(self, rnn: nn.Module, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        output, (h, c) = rnn(x, state)
+        return output, (h, c)
+
+    def make_step(self, rnn: nn.Module, num_layers: int) -> Step:
+        # One fused GEMM per layer: gates = [x, h] · [W_ih; W_hh]ᵀ + (b_ih + b_hh). nn.LSTM called on a
+        # single time step pays oneDNN's setup cost on every call; this is several times faster at batch 1.
+        layers = []
+        for k in range(num_layers):
+            weight = torch.cat([_weight(rnn, "weight_ih", k), _weight(rnn, "weight_hh", k)], dim=1)
+            bias = _weight(rnn, "bias_ih", k) + _weight(rnn, "bias_hh", k)
+            layers.append((reorder_gates(weight).t().contiguous(), reorder_gates(bias).contiguous()))
+
+        def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+            h_all, c_all = state
+            new_h, new_c = [], []
+            for k, (weight, bias) in enumerate(layers):
+                x, c = lstm_update(torch.addmm(bias, torch.cat([x, h_all[k]], dim=1), weight), c_all[k])
+                new_h.append(x)
+                new_c.append(c)
+            return x, (torch.stack(new_h), torch.stack(new_c))
+
+        return step
+
+    def trace(self, rnn: nn.Module, layer: int, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        bias = reorder_gates(_weight(rnn, "bias_ih", layer) + _weight(rnn, "bias_hh", layer))
+        projected = torch.addmm(bias, inputs, reorder_gates(_weight(rnn, "weight_ih", layer)).t())
+        w_hh = reorder_gates(_weight(rnn, "weight_hh", layer)).t().contiguous()
+        steps, hidden = inputs.shape[0], w_hh.shape[0]
+        h = c = inputs.new_zeros(1, hidden)
+        hs, cs = inputs.new_empty(steps, hidden), inputs.new_empty(steps, hidden)
+        for t in range(steps):
+            h, c = lstm_update(torch.addmm(projected[t : t + 1], h, w_hh), c)
+            hs[t], cs[t] = h[0], c[0]
+        return {"out": hs, "h": hs, "c": cs}
+
+
+class GRUCell(Cell):
+    """torch.nn.GRU; steps use `gru_update` (two GEMMs per layer: r gates only the state's part of n)."""
+
+    def build(self, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+        return nn.GRU(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+
+    def shapes(self, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+        return _torch_shapes(3, input_size, hidden_size, num_layers)
+
+    def make_step(self, rnn: nn.Module, num_layers: int) -> Step:
+        layers = [tuple(_weight(rnn, name, k).t().contiguous() if name.startswith("weight") else _weight(rnn, name, k).contiguous()
+                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for k in range(num_layers)]
+
+        def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+            (h_all,) = state
+            new_h = []
+            for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+                x = gru_update(torch.addmm(b_ih, x, w_ih), torch.addmm(b_hh, h_all[k], w_hh), h_all[k])
+                new_h.append(x)
+            return x, (torch.stack(new_h),)
+
+        return step
+
+    def trace(self, rnn: nn.Module, layer: int, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        projected = torch.addmm(_weight(rnn, "bias_ih", layer), inputs, _weight(rnn, "weight_ih", layer).t())
+        w_hh, b_hh = _weight(rnn, "weight_hh", layer).t().contiguous(), _weight(rnn, "bias_hh", layer)
+        steps, hidden = inputs.shape[0], w_hh.shape[0]
+        h = inputs.new_zeros(1, hidden)
+        hs = inputs.new_empty(steps, hidden)
+        for t in range(steps):
+            h = gru_update(projected[t : t + 1], torch.addmm(b_hh, h, w_hh), h)
+            hs[t] = h[0]
+        return {"out": hs, "h": hs}
+
+
+class PaperCell(Cell):
+    """The design document's LSTM (PaperLSTM); its only state is the cell state the document calls h,
+    which inspection shows as "c" (its output y as "h")."""
+
+    inspect_kinds = ("c", "h")
+
+    def build(self, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+        return PaperLSTM(input_size, hidden_size, num_layers, dropout)
+
+    def shapes(self, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        h = hidden_size
+        for layer in range(num_layers):
+            shapes[f"weight_ih_l{layer}"] = (4 * h, input_size if layer == 0 else h)
+            shapes[f"weight_hh_l{layer}"] = (3 * h, h)
+            shapes[f"weight_ho_l{layer}"] = (h, h)
+            shapes[f"bias_l{layer}"] = (4 * h,)
+        return shapes
+
+    def make_step(self, rnn: nn.Module, num_layers: int) -> Step:
+        # Three GEMVs per layer and no wasted weight reads: x·W_ihᵀ (4H), h·W_hhᵀ (3H), h_new·W_hoᵀ (H).
+        layers = [tuple(w.detach().float().t().contiguous() if w.dim() == 2 else w.detach().float().contiguous() for w in rnn.layer_weights(k))
+                  for k in range(num_layers)]
+
+        def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+            (h_all,) = state
+            new_h = []
+            for k, (w_ih, w_hh, w_ho, bias) in enumerate(layers):
+                hidden = w_hh.shape[0]
+                projected = torch.addmm(bias, x, w_ih)
+                h = paper_update(torch.addmm(projected[:, : 3 * hidden], h_all[k], w_hh), h_all[k])
+                x = paper_output(projected[:, 3 * hidden :], h, w_ho)
+                new_h.append(h)
+            return x, (torch.stack(new_h),)
+
+        return step
+
+    def trace(self, rnn: nn.Module, layer: int, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        w_ih, w_hh, w_ho, bias = (w.detach().float() for w in rnn.layer_weights(layer))
+        projected = torch.addmm(bias, inputs, w_ih.t())
+        w_hh_t = w_hh.t().contiguous()
+        steps, hidden = inputs.shape[0], w_hh.shape[1]
+        h = inputs.new_zeros(1, hidden)
+        cs = inputs.new_empty(steps, hidden)
+        for t in range(steps):
+            h = paper_update(torch.addmm(projected[t : t + 1, : 3 * hidden], h, w_hh_t), h)
+            cs[t] = h[0]
+        ys = paper_output(projected[:, 3 * hidden :], cs, w_ho.t())  # one GEMM for every step: y never feeds back
+        return {"out": ys, "h": ys, "c": cs}
+
+
+#: Every cell of `config.CELLS`, by name.
+CELLS: dict[str, Cell] = dict(zip(CELL_NAMES, (LSTMCell(), GRUCell(), PaperCell())))
+#: The names of each cell's state tensors, in tuple order (checkpoints store `carry.NAME`).
+STATE_NAMES: dict[str, tuple[str, ...]] = {name: cell.state_names for name, cell in CELLS.items()}
+
+
+def cell(name: str) -> Cell:
+    try:
+        return CELLS[name]
+    except KeyError:
+        raise ValueError(f"unknown cell {name!r}") from None
+
+
 # -- building and running any cell --------------------------------------------------------------
 
 
-def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
-    dropout = dropout if num_layers > 1 else 0.0
-    if cell == "lstm":
-        return nn.LSTM(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
-    if cell == "gru":
-        return nn.GRU(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
-    if cell == "paper":
-        return PaperLSTM(input_size, hidden_size, num_layers, dropout)
-    raise ValueError(f"unknown cell {cell!r}")
+def build_rnn(name: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+    return cell(name).build(input_size, hidden_size, num_layers, dropout if num_layers > 1 else 0.0)
 
 
-def init_rnn(rnn: nn.Module, cell: str, hidden_size: int) -> None:
+def init_rnn(rnn: nn.Module, name: str, hidden_size: int) -> None:
     """Framework-default weights; biases zero except the 'keep the state' gate at 1.
 
     lstm: forget gate (rows H…2H−1 of bias_ih); gru: update gate z (rows H…2H−1 of bias_ih: z near 1
     keeps h); paper: forget gate (rows H…2H−1 of bias).
     """
     with torch.no_grad():
-        for name, parameter in rnn.named_parameters():
-            if name.startswith(("bias_ih", "bias_l")):
+        for parameter_name, parameter in rnn.named_parameters():
+            if parameter_name.startswith(("bias_ih", "bias_l")):
                 parameter.zero_()
                 parameter[hidden_size : 2 * hidden_size] = 1.0
-            elif name.startswith("bias_hh"):
+            elif parameter_name.startswith("bias_hh"):
                 parameter.zero_()
 
 
-def rnn_shapes(cell: str, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+def rnn_shapes(name: str, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
     """Parameter names (without the `rnn.` prefix) and shapes of a cell stack."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    h = hidden_size
-    for layer in range(num_layers):
-        inputs = input_size if layer == 0 else h
-        if cell in ("lstm", "gru"):
-            gates = 4 if cell == "lstm" else 3
-            shapes[f"weight_ih_l{layer}"] = (gates * h, inputs)
-            shapes[f"weight_hh_l{layer}"] = (gates * h, h)
-            shapes[f"bias_ih_l{layer}"] = (gates * h,)
-            shapes[f"bias_hh_l{layer}"] = (gates * h,)
-        elif cell == "paper":
-            shapes[f"weight_ih_l{layer}"] = (4 * h, inputs)
-            shapes[f"weight_hh_l{layer}"] = (3 * h, h)
-            shapes[f"weight_ho_l{layer}"] = (h, h)
-            shapes[f"bias_l{layer}"] = (4 * h,)
-        else:
-            raise ValueError(f"unknown cell {cell!r}")
-    return shapes
+    return cell(name).shapes(input_size, hidden_size, num_layers)
 
 
-def initial_state(cell: str, num_layers: int, batch_size: int, hidden_size: int, device: torch.device | str | None, dtype: torch.dtype) -> State:
+def initial_state(name: str, num_layers: int, batch_size: int, hidden_size: int, device: torch.device | str | None, dtype: torch.dtype) -> State:
     shape = (num_layers, batch_size, hidden_size)
-    return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in STATE_NAMES[cell])
+    return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in cell(name).state_names)
 
 
-def run_rnn(rnn: nn.Module, cell: str, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+def run_rnn(rnn: nn.Module, name: str, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
     """Window forward of any cell with the uniform tuple state."""
+    names = cell(name).state_names
     if state is not None:
         state = tuple(state)
-        if len(state) != len(STATE_NAMES[cell]):
-            raise ValueError(f"a {cell} state has {len(STATE_NAMES[cell])} tensors, not {len(state)}")
-    if cell == "lstm":
-        output, (h, c) = rnn(x, state)
-        return output, (h, c)
-    output, h = rnn(x, state[0] if state is not None else None)
-    return output, (h,)
+        if len(state) != len(names):
+            raise ValueError(f"a {name} state has {len(names)} tensors, not {len(state)}")
+    return cell(name).run(rnn, x, state)
 
 
 def detach_state(state: State) -> State:
     return tuple(s.detach() for s in state)
 
 
-# -- one-token steps (sampling) -----------------------------------------------------------------
-
-
-def make_step(rnn: nn.Module, cell: str, num_layers: int) -> Step:
-    """A function (x (B, in), state) → (top output (B, H), new state) with weights prepared once.
-
-    Weights are read from `rnn` now: build a new step after changing them.
-    """
+def make_step(rnn: nn.Module, name: str, num_layers: int) -> Step:
+    """The cell's one-token step with weights prepared once: build a new one after changing them."""
     with torch.no_grad():
-        if cell == "lstm":
-            return _lstm_step(rnn, num_layers)
-        if cell == "gru":
-            return _gru_step(rnn, num_layers)
-        if cell == "paper":
-            return _paper_step(rnn, num_layers)
-    raise ValueError(f"unknown cell {cell!r}")
-
-
-def _lstm_step(rnn: nn.Module, num_layers: int) -> Step:
-    # One fused GEMM per layer: gates = [x, h] · [W_ih; W_hh]ᵀ + (b_ih + b_hh).
-    layers = []
-    for k in range(num_layers):
-        weight = torch.cat([getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")], dim=1).t().contiguous()
-        layers.append((weight, (getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}")).contiguous()))
-
-    def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h_all, c_all = state
-        new_h, new_c = [], []
-        for k, (weight, bias) in enumerate(layers):
-            i, f, g, o = torch.addmm(bias, torch.cat([x, h_all[k]], dim=1), weight).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c_all[k] + torch.sigmoid(i) * torch.tanh(g)
-            x = torch.sigmoid(o) * torch.tanh(c)
-            new_h.append(x)
-            new_c.append(c)
-        return x, (torch.stack(new_h), torch.stack(new_c))
-
-    return step
-
-
-def _gru_step(rnn: nn.Module, num_layers: int) -> Step:
-    # Two GEMMs per layer (r gates only the hidden-side part of the candidate, so they cannot fuse).
-    layers = []
-    for k in range(num_layers):
-        layers.append(tuple(getattr(rnn, f"{name}_l{k}").t().contiguous() if name.startswith("weight") else getattr(rnn, f"{name}_l{k}").contiguous()
-                            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
-
-    def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        (h_all,) = state
-        new_h = []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
-            h = h_all[k]
-            ir, iz, in_ = torch.addmm(b_ih, x, w_ih).chunk(3, dim=1)
-            hr, hz, hn = torch.addmm(b_hh, h, w_hh).chunk(3, dim=1)
-            r = torch.sigmoid(ir + hr)
-            z = torch.sigmoid(iz + hz)
-            n = torch.tanh(in_ + r * hn)
-            x = n + z * (h - n)  # (1 − z) ⊙ n + z ⊙ h
-            new_h.append(x)
-        return x, (torch.stack(new_h),)
-
-    return step
-
-
-def _paper_step(rnn: nn.Module, num_layers: int) -> Step:
-    # Three GEMVs per layer and no wasted weight reads: x·W_ihᵀ (4H), h·W_hhᵀ (3H), h_new·W_hoᵀ (H).
-    layers = []
-    for k in range(num_layers):
-        w_ih, w_hh, w_ho, bias = rnn.layer_weights(k)
-        layers.append((w_ih.t().contiguous(), w_hh.t().contiguous(), w_ho.t().contiguous(), bias.contiguous()))
-
-    def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        (h_all,) = state
-        new_h = []
-        for k, (w_ih, w_hh, w_ho, bias) in enumerate(layers):
-            hidden = w_hh.shape[0]
-            projected = torch.addmm(bias, x, w_ih)
-            a = torch.addmm(projected[:, : 3 * hidden], h_all[k], w_hh)
-            i, f, c = torch.sigmoid(a[:, :hidden]), torch.sigmoid(a[:, hidden : 2 * hidden]), torch.tanh(a[:, 2 * hidden :])
-            h = torch.addcmul(f * h_all[k], i, c)
-            o = torch.sigmoid(torch.addmm(projected[:, 3 * hidden :], h, w_ho))
-            x = o * torch.tanh(h)
-            new_h.append(h)
-        return x, (torch.stack(new_h),)
-
-    return step
+        return cell(name).make_step(rnn, num_layers)

@@ -1,7 +1,9 @@
 """Plain dataclass configuration shared by the CLI, the Python API and the bundle.
 
-Every config serializes to JSON with `to_dict` and back with `from_dict`, so the same object that
-drives a run is stored in the bundle and checkpoint that the run writes.
+Every field that a person may set declares itself as an option (lstmgen.options): its help, flag
+and valid values live here and nowhere else. Every config serializes to JSON with `to_dict` and
+back with `from_dict`, so the same object that drives a run is stored in the bundle and
+checkpoint that the run writes. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -9,64 +11,65 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import LstmgenError
+from .options import declared_by_name, option, validate
 
+#: The recurrent cells (lstmgen.cells implements one for each name).
+CELLS = ("lstm", "gru", "paper")
 MODEL_TYPES = ("unigram", "bpe", "char")
 DOCUMENTS = ("file", "blank-line")
-CELLS = ("lstm", "gru", "paper")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: auto = bf16 autocast on GPUs that support it, else fp32 (bf16 is slower than fp32 on most CPUs).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ERRORS = ("strict", "replace")
+INFERENCE_DEVICES = ("cpu", "cuda", "mps", "auto")
+QUANTIZE = ("none", "int8")
 
 T = TypeVar("T")
+
+_DOCUMENTS_HELP = ("Where documents end (an end-of-text token follows each): file (each corpus file is one document) or blank-line "
+                   "(a run of blank lines also ends one, e.g. one poem per paragraph).")
 
 
 @dataclass
 class TokenizerConfig:
     """How the SentencePiece tokenizer is trained. `None` means "choose from the corpus"."""
 
-    vocab_size: int | None = None
-    model_type: str = "unigram"
-    character_coverage: float | None = None
-    max_training_bytes: int = 16 * 1024 * 1024
-    #: Where documents end (an EOS id follows each): "file" (each corpus file is one document) or
-    #: "blank-line" (a run of blank lines also separates documents, e.g. one poem per paragraph).
-    documents: str = "file"
+    vocab_size: int | None = option(None, low=8, high=1 << 20, help="Size of the tokenizer's vocabulary.", default_text="chosen from the corpus")
+    model_type: str = option("unigram", choices=MODEL_TYPES, help="The SentencePiece model: unigram, bpe or char.")
+    character_coverage: float | None = option(None, low=0.9, high=1.0, metavar="SHARE",
+                                              help="Share of the corpus's characters kept as pieces of their own; the rarest fall back to bytes.",
+                                              default_text="1.0, or 0.9995 for scripts of more than 1,000 characters")
+    max_training_bytes: int = option(16 * 1024 * 1024, flag=None, low=1 << 16, high=1 << 50,
+                                     help="Bytes of the corpus, sampled evenly, that the tokenizer is trained on.")
+    documents: str = option("file", choices=DOCUMENTS, help=_DOCUMENTS_HELP)
 
     def validate(self) -> None:
-        if self.model_type not in MODEL_TYPES:
-            raise LstmgenError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, not {self.model_type!r}")
-        if self.documents not in DOCUMENTS:
-            raise LstmgenError(f"--documents must be one of {', '.join(DOCUMENTS)}, not {self.documents!r}")
-        if self.vocab_size is not None:
-            _check_int("--vocab-size", self.vocab_size, low=8, high=1 << 20)
-        if self.character_coverage is not None:
-            _check_float("--character-coverage", self.character_coverage, low=0.9, high=1.0, low_open=False)
+        validate(self)
 
 
 @dataclass
 class ModelConfig:
-    """Sizes of the embedding → LSTM → head network (see docs/bundle-format.md)."""
+    """Sizes of the embedding → recurrent cell → head network (see docs/bundle-format.md)."""
 
-    vocab_size: int
-    embedding_size: int = 512
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.2
-    tie_weights: bool = True
-    cell: str = "lstm"
+    vocab_size: int = option(flag=None, low=2, high=1 << 22, help="Tokens the model knows: always the tokenizer's vocabulary size.")
+    embedding_size: int = option(512, low=1, high=1 << 16, help="Size of the token embeddings.", default_text="the hidden size")
+    hidden_size: int = option(512, low=1, high=1 << 16, help="Units per recurrent layer.", default_text="from the corpus size and the device")
+    num_layers: int = option(2, flag="--layers", low=1, high=64, help="Number of recurrent layers.",
+                             default_text="from the corpus size")
+    dropout: float = option(0.2, low=0.0, high=1.0, high_open=True, metavar="RATE",
+                            help="Dropout between layers and on the embeddings and outputs.",
+                            default_text="0.2, or 0.3 when the budget buys 15 or more passes over the corpus")
+    tie_weights: bool = option(True, negative="--no-tie-weights", help="Share the embedding and output weights.")
+    cell: str = option("lstm", choices=CELLS, help="The recurrent cell: lstm (torch.nn.LSTM), gru, or paper (the design document's LSTM; see docs/cells.md).")
 
     def validate(self) -> None:
-        _check_int("vocab_size", self.vocab_size, low=2, high=1 << 22)
-        _check_int("--embedding-size", self.embedding_size, low=1, high=1 << 16)
-        _check_int("--hidden-size", self.hidden_size, low=1, high=1 << 16)
-        _check_int("--layers", self.num_layers, low=1, high=64)
-        _check_float("--dropout", self.dropout, low=0.0, high=1.0, high_open=True)
-        if self.cell not in CELLS:
-            raise LstmgenError(f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        validate(self)
 
     @property
     def head_input_size(self) -> int:
@@ -77,57 +80,102 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, schedule, stopping and bookkeeping for one training run."""
 
-    batch_size: int = 32
-    seq_len: int = 32
-    learning_rate: float = 6e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    max_time: float | None = None
-    max_steps: int | None = None
-    epochs: float | None = None
-    #: Mean tokens between a stream's restarts from a fresh state at a paragraph start (0: never).
-    reset_every: int = 2048
-    val_fraction: float = 0.1
-    val_every: int | None = None
-    val_max_tokens: int = 250_000
-    seed: int = 1234
-    device: str = "auto"
-    log_every: int = 10
-    checkpoint_every: float = 600.0
-    threads: int | None = None
-    precision: str = "auto"
-    compile: bool = False
+    batch_size: int = option(32, low=1, high=1 << 16, help="Parallel streams per step.", default_text="32 on a CPU, 128 on a GPU")
+    seq_len: int = option(32, low=1, high=1 << 16, help="Tokens per window of truncated backpropagation.", default_text="32 on a CPU, 128 on a GPU")
+    learning_rate: float = option(6e-3, flag="--lr", low=0.0, high=10.0, low_open=True, metavar="RATE", help="Peak learning rate of AdamW.",
+                                  default_text="6e-3 on a CPU, 3e-3 on a GPU")
+    min_lr_ratio: float = option(0.05, flag=None, low=0.0, high=1.0, help="Where the cosine decay ends, as a share of the peak learning rate.")
+    warmup_steps: int = option(50, low=0, high=1 << 40, help="Steps of linear learning-rate warm-up.")
+    weight_decay: float = option(0.01, low=0.0, high=10.0, help="AdamW weight decay.")
+    grad_clip: float = option(1.0, low=0.0, high=1e6, low_open=True, help="Largest gradient norm; larger gradients are scaled down to it.")
+    max_time: float | None = option(None, duration=True, low=0.0, high=1e9, low_open=True, resumable=True,
+                                    help="Stop after this long, e.g. 90s, 5m or 2h.", default_text="15m when no other limit is given")
+    max_steps: int | None = option(None, low=1, high=1 << 40, resumable=True, help="Stop after this many steps.")
+    epochs: float | None = option(None, low=0.0, high=1e6, low_open=True, resumable=True, help="Stop after this many passes over the corpus.")
+    reset_every: int = option(2048, low=0, high=1 << 40,
+                              help="Mean tokens between a stream's restarts from a fresh state at a paragraph start; 0 never.")
+    val_fraction: float = option(0.1, low=0.0, high=0.5, low_open=True, metavar="SHARE", help="Share of the corpus tail held out for validation.")
+    val_every: int | None = option(None, resumable=True, low=1, high=1 << 40, help="Validate every N steps.",
+                                   default_text="as often as keeps validation near 3 % of the time")
+    val_max_tokens: int = option(250_000, flag=None, low=1, high=1 << 40, help="The most held-out tokens a validation reads.")
+    seed: int = option(1234, low=0, high=2**63 - 1, help="Random seed; a fixed seed makes a CPU run reproducible.")
+    device: str = option("auto", choices=DEVICES, resumable=True, help="Where to train: auto (a GPU when there is one), cpu, cuda or mps.")
+    log_every: int = option(10, low=1, high=1 << 40, resumable=True, help="Log the training loss every N steps.")
+    checkpoint_every: float = option(600.0, duration=True, low=0.0, high=1e9, low_open=True, resumable=True,
+                                     help="Write a checkpoint this often, e.g. 10m.")
+    threads: int | None = option(None, low=1, high=4096, resumable=True, help="CPU threads.", default_text="all cores")
+    precision: str = option("auto", choices=PRECISIONS, resumable=True,
+                            help="GPU autocast: auto (bf16 where the GPU supports it, else fp32), fp32, bf16 or fp16.")
+    compile: bool = option(False, resumable=True, negative="--no-compile", help="Compile the model with torch.compile (for GPU runs).")
 
     def validate(self) -> None:
-        _check_int("--batch-size", self.batch_size, low=1, high=1 << 16)
-        _check_int("--seq-len", self.seq_len, low=1, high=1 << 16)
-        _check_float("--lr", self.learning_rate, low=0.0, high=10.0, low_open=True)
-        _check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        _check_int("--warmup-steps", self.warmup_steps, low=0, high=1 << 40)
-        _check_float("--weight-decay", self.weight_decay, low=0.0, high=10.0)
-        _check_float("--grad-clip", self.grad_clip, low=0.0, high=1e6, low_open=True)
-        if self.max_time is not None:
-            _check_float("--max-time", self.max_time, low=0.0, high=1e9, low_open=True)
-        if self.max_steps is not None:
-            _check_int("--max-steps", self.max_steps, low=1, high=1 << 40)
-        if self.epochs is not None:
-            _check_float("--epochs", self.epochs, low=0.0, high=1e6, low_open=True)
-        _check_int("--reset-every", self.reset_every, low=0, high=1 << 40)
-        _check_float("--val-fraction", self.val_fraction, low=0.0, high=0.5, low_open=True)
-        if self.val_every is not None:
-            _check_int("--val-every", self.val_every, low=1, high=1 << 40)
-        _check_int("--val-max-tokens", self.val_max_tokens, low=1, high=1 << 40)
-        _check_int("--seed", self.seed, low=0, high=2**63 - 1)
-        if self.device not in DEVICES:
-            raise LstmgenError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        _check_int("--log-every", self.log_every, low=1, high=1 << 40)
-        _check_float("--checkpoint-every", self.checkpoint_every, low=0.0, high=1e9, low_open=True)
-        if self.threads is not None:
-            _check_int("--threads", self.threads, low=1, high=4096)
-        if self.precision not in PRECISIONS:
-            raise LstmgenError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        validate(self)
+
+
+@dataclass
+class RunOptions:
+    """What a training run reads and writes, and how it treats what is already there."""
+
+    output: Path | None = option(None, short="-o", flag="--output", metavar="MODEL.lstmgen", help="The bundle to write.",
+                                 default_text="FIRST-CORPUS-NAME.lstmgen")
+    tokenizer: Path | None = option(None, metavar="DIR", help="A directory made by `lstmgen tokenize` whose tokenizer and encoding to use.",
+                                    default_text="train a tokenizer")
+    init_from: str | Path | None = option(None, metavar="MODEL",
+                                   help="Start from this model's weights and tokenizer (fine-tuning): a bundle path or a model name, as -m takes it.")
+    config: Path | None = option(None, metavar="RUN.toml", help="A TOML file with [tokenizer], [model] and [train] tables; options given here override it.")
+    resume: bool = option(False, help="Continue the run that wrote the output exactly where it stopped.")
+    overwrite: bool = option(False, help="Start over when the output already holds a model or its run a checkpoint (both are replaced).")
+    errors: str = option("strict", choices=ERRORS, help="Invalid UTF-8 in the corpus: strict (refuse it, with its byte offset) or replace it with U+FFFD.")
+
+    def validate(self) -> None:
+        validate(self)
+
+
+@dataclass
+class SamplingOptions:
+    """Every knob of generation: the flags of `lstmgen sample` and the keywords of LanguageModel.generate."""
+
+    temperature: float = option(1.0, flag="--temp", aliases=("--temperature",), low=0, high=100, rule="a number from 0 (greedy) to 100",
+                                help="Sampling temperature; 0 always picks the most likely token.")
+    top_k: int = option(0, low=0, high=None, rule="a whole number ≥ 0 (0 turns it off)", help="Keep only the k most likely tokens; 0 keeps all.")
+    top_p: float = option(1.0, low=0.0, high=1.0, low_open=True, rule="in (0, 1] (1 turns it off)", metavar="P",
+                          help="Nucleus sampling: keep the smallest set of likely tokens that holds this much probability; 1 keeps all.")
+    min_p: float = option(0.0, low=0.0, high=1.0, high_open=True, rule="in [0, 1) (0 turns it off)", metavar="P",
+                          help="Drop tokens less likely than this fraction of the most likely one; 0 keeps all.")
+    repetition_penalty: float = option(1.0, low=1.0, high=100.0, rule="a number from 1 (off) to 100", metavar="FACTOR",
+                                       help="Make recently seen tokens less likely by this factor; 1 turns it off.")
+    repetition_window: int = option(64, low=1, high=1 << 20, help="How many recent tokens the repetition penalty looks at.")
+    max_tokens: int = option(200, low=0, high=10**9, help="The most tokens each sample generates.")
+    max_chars: int | None = option(None, low=0, high=10**12, rule="a whole number ≥ 0", help="End a sample after this many characters.")
+    stop: Sequence[str] = option(default_factory=tuple, metavar="TEXT", rule="non-empty strings",
+                                 help="End a sample where this text appears (it is not printed); give it again for more.")
+    seed: int | None = option(None, low=0, high=2**63 - 1, rule="a whole number from 0 to 2^63-1", help="Random seed; the same seed gives the same text.",
+                              default_text="a new one each time")
+
+    def validate(self) -> None:
+        stop = declared_by_name(SamplingOptions)["stop"]
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise LstmgenError(f"{stop.ref} needs a non-empty string" + " (or a list of them)")
+        validate(self)
+
+
+@dataclass
+class InferenceOptions:
+    """Where and how a loaded model runs: the keywords of `lstmgen.load` and flags of sample, eval and inspect."""
+
+    device: str = option("cpu", choices=INFERENCE_DEVICES, help="Where the model runs: cpu, cuda, mps or auto (a GPU when there is one).")
+    quantize: str = option("none", choices=QUANTIZE,
+                           help="int8 runs int8 weights and activations on the CPU: faster for larger models, a little less exact "
+                                "(eval --quantize int8 measures the cost).")
+    threads: int | None = option(None, low=1, high=4096, help="CPU threads; 1 is often fastest for one sample on a busy machine.",
+                                 default_text="all cores")
+
+    def validate(self) -> None:
+        validate(self)
+
+
+#: The settings a training run takes, by section (a config file's tables, lstmgen.train's keywords).
+TRAINING_SECTIONS: dict[str, type] = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -138,86 +186,51 @@ def from_dict(cls: type[T], data: Any, what: str = "configuration") -> T:
     """Build a config dataclass from JSON data, refusing unknown or mistyped keys."""
     if not isinstance(data, dict):
         raise LstmgenError(f"{what} must be a JSON object")
-    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(names))
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise LstmgenError(f"{what} has unknown keys: {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(names[name], value, what)
+    kwargs = {name: _coerce(cls, name, value, what) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as error:
         raise LstmgenError(f"{what} is incomplete: {error}") from None
 
 
-def _coerce(f: dataclasses.Field, value: Any, what: str) -> Any:
-    annotation = str(f.type)
-    allowed: list[type] = []
-    if "bool" in annotation:
-        allowed.append(bool)
-    if "int" in annotation:
-        allowed.append(int)
-    if "float" in annotation:
-        allowed.extend([float, int])
-    if "str" in annotation:
-        allowed.append(str)
-    if value is None and "None" in annotation:
-        return None
-    if isinstance(value, bool) and bool not in allowed:
-        raise LstmgenError(f"{what}: {f.name} must be {annotation}, not {value!r}")
-    if not any(isinstance(value, t) for t in allowed):
-        raise LstmgenError(f"{what}: {f.name} must be {annotation}, not {value!r}")
-    if "float" in annotation and isinstance(value, int) and not isinstance(value, bool) and "int" not in annotation:
+def _coerce(cls: type, name: str, value: Any, what: str) -> Any:
+    """The value with the field's JSON type (a whole number where a float goes becomes a float)."""
+    declared = declared_by_name(cls).get(name)
+    if declared is None or value is None:
+        return value
+    if declared.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if declared.kind == "strings" and isinstance(value, list):
+        return tuple(value)
+    fits = {"bool": (bool,), "int": (int,), "float": (float,), "str": (str,), "path": (str,), "strings": (tuple, list)}[declared.kind]
+    if not isinstance(value, fits) or (isinstance(value, bool) and declared.kind != "bool"):
+        raise LstmgenError(f"{what}: {name} must be {declared.describe()}, not {value!r}")
     return value
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise LstmgenError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
-
-
-def _check_float(
-    name: str,
-    value: Any,
-    low: float,
-    high: float,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        raise LstmgenError(f"{name} must be a number in {left}{low:g}, {high:g}{right}, not {value!r}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
 
 
-def parse_duration(text: str, option: str = "--max-time") -> float:
-    """Parse `90s`, `5m`, `1.5h`, `2h30m` or a bare number of seconds into seconds."""
+def parse_duration(text: str, name: str = "--max-time") -> float:
+    """Parse `90s`, `5m`, `1.5h`, `2h30m` or a bare number of seconds into seconds (`name` goes into the message)."""
     parts = re.findall(r"\d+(?:\.\d+)?\s*[a-zA-Z]*", text.strip()) if text else []
     if not parts or "".join(p.replace(" ", "") for p in parts) != text.strip().replace(" ", ""):
-        raise LstmgenError(f"{option} must be a duration such as 90s, 5m, 2h or 1h30m, not {text!r}")
+        raise LstmgenError(f"{name} must be a duration such as 90s, 5m, 2h or 1h30m, not {text!r}")
     total = 0.0
     for part in parts:
         match = _DURATION.match(part)
         if not match:
-            raise LstmgenError(f"{option} must be a duration such as 90s, 5m, 2h or 1h30m, not {text!r}")
+            raise LstmgenError(f"{name} must be a duration such as 90s, 5m, 2h or 1h30m, not {text!r}")
         number, unit = match.groups()
         total += float(number) * _UNIT_SECONDS[unit.lower() if unit else None]
     if not math.isfinite(total) or total <= 0:
-        raise LstmgenError(f"{option} must be a positive duration, not {text!r}")
+        raise LstmgenError(f"{name} must be a positive duration, not {text!r}")
     return total
-
-
-CONFIG_SECTIONS = ("tokenizer", "model", "train")
-DURATION_FIELDS = {"max_time", "checkpoint_every"}
 
 
 #: A run file is a few hundred bytes; anything near this limit is not one.
@@ -243,7 +256,7 @@ def load_config_file(path: Any) -> dict[str, dict[str, Any]]:
         raise LstmgenError(f"config file {path} is not valid TOML ({str(error).splitlines()[0]}); fix it") from None
     except RecursionError:
         raise LstmgenError(f"config file {path} nests arrays or tables too deeply to be a run file; fix it") from None
-    unknown = sorted(set(data) - set(CONFIG_SECTIONS))
+    unknown = sorted(set(data) - set(TRAINING_SECTIONS))
     if unknown:
         raise LstmgenError(f"config file {path}: unknown table [{unknown[0]}]; use [tokenizer], [model] and [train]")
     for section, table in data.items():
@@ -252,25 +265,17 @@ def load_config_file(path: Any) -> dict[str, dict[str, Any]]:
     return data
 
 
-#: Settings a run file may not give, with the reason (each would only fail later, with another message).
-FORBIDDEN_SETTINGS = {
-    ("model", "vocab_size"): "the model's vocabulary is the tokenizer's; set [tokenizer] vocab_size instead",
-}
-#: Lower bounds the dataclasses do not check, for settings only a run file can give.
-SETTING_MINIMUM = {("tokenizer", "max_training_bytes"): 1 << 16}
-
-
 def apply_settings(config: Any, settings: dict[str, Any], section: str) -> None:
-    """Set fields of a config dataclass from a config-file table, checking names and types."""
-    fields = {f.name: f for f in dataclasses.fields(config)}
+    """Set fields of a config dataclass from a config-file table, checking names and types.
+
+    A field without a flag and without a default (the model's vocabulary size) is not a setting."""
+    fields = declared_by_name(type(config))
+    settable = {name for name, o in fields.items() if o.flag or o.default is not None}
     for name, value in settings.items():
         if name not in fields:
-            raise LstmgenError(f"config file: [{section}] has no setting {name!r}; valid: {', '.join(sorted(fields))}")
-        if (section, name) in FORBIDDEN_SETTINGS:
-            raise LstmgenError(f"config file: [{section}] {name} cannot be set: {FORBIDDEN_SETTINGS[(section, name)]}")
-        if name in DURATION_FIELDS and isinstance(value, str):
+            raise LstmgenError(f"config file: [{section}] has no setting {name!r}; valid: {', '.join(sorted(settable))}")
+        if name not in settable:
+            raise LstmgenError(f"config file: [{section}] {name} cannot be set: {fields[name].help}")
+        if fields[name].duration and isinstance(value, str):
             value = parse_duration(value, f"[{section}] {name}")
-        value = _coerce(fields[name], value, f"config file [{section}]")
-        if (section, name) in SETTING_MINIMUM:
-            _check_int(f"config file: [{section}] {name}", value, low=SETTING_MINIMUM[(section, name)], high=1 << 50)
-        setattr(config, name, value)
+        setattr(config, name, _coerce(type(config), name, value, f"config file [{section}]"))

@@ -764,3 +764,47 @@ def reusable_encoding(directory: Path, paths: Sequence[Path], config: Any, val_f
         except OSError:
             return None
     return corpus
+
+
+def tokenize_files(corpus: Sequence[Path | str], output: Path | str | None = None, *, on_progress: ProgressCallback | None = None,
+                   val_fraction: float | None = None, errors: str | None = None, **tokenizer_options: Any) -> dict[str, Any]:
+    """`lstmgen tokenize`: train a tokenizer on the corpus files and encode them into `output` (default FIRST-CORPUS-NAME.tok).
+
+    Keyword arguments: the TokenizerConfig fields, `val_fraction` and `errors`, as `lstmgen.train` takes them.
+    Returns the summary `tokenize --json` prints."""
+    import time
+
+    from .config import RunOptions, TokenizerConfig, TrainConfig
+    from .fsutil import check_output_directory, declare_input
+    from .tokenizer import train_tokenizer
+
+    paths = [Path(p) for p in corpus]
+    config = TokenizerConfig(**tokenizer_options)
+    config.validate()
+    settings = TrainConfig(val_fraction=val_fraction if val_fraction is not None else TrainConfig.val_fraction)
+    settings.validate()
+    run = RunOptions(errors=errors or "strict")
+    run.validate()
+    directory = Path(output) if output is not None else Path(paths[0].stem + ".tok")
+    for path in paths:
+        check_corpus_file(path)
+        declare_input(path, "a corpus file")
+    check_output_directory(directory, "tokenized corpus", members=("tokens.bin", "tokens.json", "tokenizer.model"), marker="tokens.json")
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(sample_lines(paths, config.max_training_bytes, run.errors), config)
+    trained = time.perf_counter()
+    meta = tokenize_corpus(paths, config, directory, settings.val_fraction, errors=run.errors, on_progress=on_progress, tokenizer=tokenizer).meta
+    encoded = time.perf_counter()
+    return {
+        "directory": str(directory),
+        "vocab_size": meta["vocab_size"],
+        "tokens": meta["num_tokens"],
+        "chars": meta["total_chars"],
+        "bytes": meta["total_bytes"],
+        "chars_per_token": meta["total_chars"] / max(1, meta["num_tokens"]),
+        "train_tokens": meta["split"]["index"],
+        "val_tokens": meta["num_tokens"] - meta["split"]["index"],
+        "corpus_sha256": meta["corpus_sha256"],
+        "seconds": {"tokenizer_training": round(trained - started, 3), "encoding": round(encoded - trained, 3)},
+        "encode_mb_per_second": round(meta["total_bytes"] / 1e6 / max(encoded - trained, 1e-9), 2),
+    }

@@ -1,6 +1,21 @@
-"""The one exception type for problems a user can fix."""
+"""The exceptions a user sees, and how a message names an option for the reader at hand.
+
+A message names an option through `Option.ref` (lstmgen.options), a marker that reads as the
+keyword argument for a Python caller (`temperature must be …`) and as the flag on the command
+line (`--temp must be …`): `str(error)` is the Python form, `error.for_command_line()` the other.
+"""
 
 from __future__ import annotations
+
+import re
+
+#: An option named in a message: U+E000 KEYWORD U+E001 FLAG U+E000 (private-use characters, written by Option.ref).
+_OPTION_MARK = re.compile("\ue000([^\ue000\ue001]*)\ue001([^\ue000\ue001]*)\ue000")
+
+
+def option_mark(keyword: str, flag: str) -> str:
+    """The marker for an option named in a message (see the module docstring)."""
+    return f"\ue000{keyword}\ue001{flag}\ue000"
 
 
 class LstmgenError(Exception):
@@ -14,7 +29,12 @@ class LstmgenError(Exception):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+        self.marked = " ".join(str(message).split())
+        super().__init__(_OPTION_MARK.sub(r"\1", self.marked))
+
+    def for_command_line(self) -> str:
+        """The message with every option named by its command-line flag."""
+        return _OPTION_MARK.sub(r"\2", self.marked)
 
 
 class MachineError(LstmgenError):

@@ -7,8 +7,9 @@ by the number of tokens, so models with different tokenizers compare fairly.
 from __future__ import annotations
 
 import bz2
-import lzma
 import itertools
+import lzma
+import logging
 import math
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,9 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import CorpusReader, FreshStarts, split_streams, start_ids
+from .data import CorpusReader, FreshStarts, check_corpus_file, split_streams, start_ids
+from .errors import LstmgenError, option_mark
 from .model import LSTMLanguageModel
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("lstmgen")
 
 #: The most token positions one evaluation forward covers (all streams together).
 MAX_WINDOW_TOKENS = 8192
@@ -459,3 +463,151 @@ class TextWithContext:
             if self._sizes is not None:
                 self._sizes.update(line.encode("utf-8", errors="surrogatepass"))
             yield line
+
+
+# -- evaluating files with a loaded model: what `lstmgen eval` reports -------------------------------
+
+#: The most alternatives per token that per-token records, heatmaps and pages list.
+MAX_TOP_K_ALTERNATIVES = 100
+STREAMS_REF = option_mark("streams", "--streams")
+TOP_K_REF = option_mark("top_k", "--top-k-alternatives")
+
+
+@dataclass
+class FileEvaluation:
+    """One evaluated file: the summary `eval --json` prints and, when asked for, every token's surprisal."""
+
+    path: Path
+    result: dict[str, Any]
+    surprisal: TokenSurprisal | None = None
+
+
+def check_evaluation_options(streams: int | None, top_k: int) -> None:
+    if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= 4096):
+        raise LstmgenError(f"{STREAMS_REF} must be a whole number from 1 to 4096, not {streams}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= MAX_TOP_K_ALTERNATIVES:
+        raise LstmgenError(f"{TOP_K_REF} must be a whole number from 0 to {MAX_TOP_K_ALTERNATIVES}, not {top_k}")
+
+
+def check_text_file(path: Path, command: str = "eval") -> None:
+    """A text file to read (check_corpus_file), saying where a bundle goes when one is given as the text."""
+    from .registry import looks_like_bundle
+
+    if path.exists() and looks_like_bundle(path):
+        raise LstmgenError(f"{path} is a model bundle or zip archive, not a text file; pass a model with -m: `lstmgen {command} -m {path} TEXT.txt`")
+    check_corpus_file(path)
+
+
+def refuse_blank_text(path: Path, limit: int = 1 << 20) -> None:
+    """A file of nothing but blank lines has no text to score: say so instead of computing a figure of nothing.
+
+    Only files up to `limit` bytes are read for this (a larger one of white space alone is no one's held-out text)."""
+    import os
+
+    from .fsutil import read_head
+
+    try:
+        if os.stat(path).st_size > limit or read_head(path, limit).strip():
+            return
+    except (OSError, ValueError):
+        return  # the reader reports it
+    raise LstmgenError(f"{path} holds only blank lines and white space: there is no text to score; give a file with text")
+
+
+def evaluate_files(lm: Any, paths: Sequence[Path], streams: int | None = None, errors: str = "strict", with_baselines: bool = True,
+                   top_k: int | None = None) -> list[FileEvaluation]:
+    """Evaluate `lm` (a LanguageModel) on each file, with the state carried through it.
+
+    With `top_k` (alternatives per token) every token's surprisal is kept too, and the file is read
+    as one stream. Baselines (compressors, the unigram model) come from the same pass over the text.
+    """
+    check_evaluation_options(streams, top_k or 0)
+    for path in paths:
+        check_text_file(path)
+        refuse_blank_text(path)
+    found = [_evaluate_file(lm, Path(path), streams, errors, with_baselines, top_k) for path in paths]
+    for item in found:
+        if not item.result["tokens"] or not math.isfinite(item.result["nll"]):
+            raise LstmgenError(f"{item.path} has no text to score (nothing but blank lines, or nothing the model reads); give a file with text")
+        if lm.quantize is not None:
+            item.result["quantize"] = lm.quantize
+    return found
+
+
+def _evaluate_file(lm: Any, path: Path, streams: int | None, errors: str, with_baselines: bool, top_k: int | None) -> FileEvaluation:
+    text = TextWithContext(lm.tokenizer, path, errors=errors, compress=with_baselines, documents=lm.documents)
+    surprisal = None
+    if top_k is None:
+        result = evaluate_tokens(lm.network, text.tokens, text.num_bytes, text.num_chars, streams, lm.device, lm.fresh_starts)
+    else:
+        surprisal = token_surprisal(lm.network, text.tokens, top_k=top_k, device=lm.device)
+        result = summarize(surprisal.nll, len(text.tokens) - 1, text.num_bytes, text.num_chars)
+        result["streams"] = 1
+    result["file"] = str(path)
+    if with_baselines:
+        counts = (lm.meta.get("training") or {}).get("token_counts")
+        result["baselines"] = baselines(text.tokens, text.num_bytes, text.num_chars, text.compressed, counts, lm.tokenizer.vocab_size)
+        if result["baselines"].get("unigram_note"):
+            log.info(f"note: {result['baselines']['unigram_note']}")
+    return FileEvaluation(path, result, surprisal)
+
+
+def combine(results: Sequence[dict[str, Any]], with_baselines: bool = False) -> dict[str, Any]:
+    """The summary of several files read as one text (total information over total size)."""
+    nll = sum(r["nll"] * r["tokens"] for r in results)
+    total = summarize(nll, sum(r["tokens"] for r in results), sum(r["bytes"] for r in results), sum(r["chars"] for r in results))
+    if with_baselines:
+        total["baselines"] = combine_baselines(results)
+    return total
+
+
+def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, str | None]:
+    """A token's text, and its bytes in hex when they are not whole UTF-8 characters on their own."""
+    data = tokenizer.token_bytes(int(token_id))
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), data.hex()
+
+
+def per_token_records(tokenizer: Tokenizer, surprisal: TokenSurprisal, file: str | None = None) -> Iterator[dict[str, Any]]:
+    """`eval --per-token`'s records: {[file,] index, id, text[, bytes], surprisal_bits, prob, alternatives: [{id, text, prob}]}."""
+    texts: dict[int, tuple[str, str | None]] = {}
+
+    def text_of(token_id: int) -> tuple[str, str | None]:
+        if token_id not in texts:
+            texts[token_id] = token_text(tokenizer, token_id)
+        return texts[token_id]
+
+    for index in range(len(surprisal.surprisal_bits)):
+        token_id = int(surprisal.tokens[index + 1])
+        text, raw = text_of(token_id)
+        bits = float(surprisal.surprisal_bits[index])
+        record: dict[str, Any] = {"file": file} if file is not None else {}
+        record.update({"index": index, "id": token_id, "text": text})
+        if raw is not None:
+            record["bytes"] = raw
+        record["surprisal_bits"] = round(bits, 4)
+        record["prob"] = float(f"{2.0 ** -bits:.6g}")
+        record["alternatives"] = [{"id": int(alt), "text": text_of(int(alt))[0], "prob": float(f"{prob:.6g}")}
+                                  for alt, prob in zip(surprisal.top_ids[index], surprisal.top_probs[index])]
+        yield record
+
+
+def heatmap_spans(tokenizer: Tokenizer, surprisal: TokenSurprisal) -> list[Any]:
+    """The text as pieces (whole characters) with their surprisal and what the model expected instead, for heatmaps."""
+    from .inspection import group_pieces
+    from .visualize import Span
+
+    spans = []
+    for piece in group_pieces(tokenizer, surprisal.tokens, start=1):
+        bits = float(surprisal.surprisal_bits[piece.first - 1 : piece.last].sum())
+        position = piece.first - 1
+        actual = int(surprisal.tokens[piece.first])
+        alternatives = [[token_text(tokenizer, int(alt))[0], round(float(prob), 5), int(alt) == actual]
+                        for alt, prob in zip(surprisal.top_ids[position], surprisal.top_probs[position])]
+        details: dict[str, Any] = {"bits": round(bits, 3), "p": float(f"{2.0 ** -bits:.4g}"), "alternatives": alternatives}
+        if piece.token_count > 1:
+            details["tokens"] = piece.token_count
+        spans.append(Span(piece.text, bits, details))
+    return spans

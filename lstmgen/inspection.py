@@ -3,9 +3,8 @@
 `activations(model, ids)` steps the model over a token sequence with the recurrent state carried
 from the first token to the last and records, after every token, every layer's cell state and
 output. `torch.nn.LSTM` returns only the state after the last time step, so the recurrence is
-re-run here from the weights: layer by layer, one GEMM for the input projections of the whole
-sequence and then one small GEMM per time step (the same equations as `cells.make_step`, which
-the tests check against the model's own forward).
+re-run from the weights by each cell's `trace` (lstmgen.cells: the cell's own one-step equations,
+which the tests check against the model's own forward).
 
 What each cell exposes (`STATE_KINDS`):
 
@@ -32,11 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import LstmgenError
+from .cells import CELLS
+from .errors import LstmgenError, option_mark
 
 #: The activation kinds each cell exposes (see the module docstring).
-STATE_KINDS: dict[str, tuple[str, ...]] = {"lstm": ("c", "h"), "paper": ("c", "h"), "gru": ("h",)}
+STATE_KINDS: dict[str, tuple[str, ...]] = {name: cell.inspect_kinds for name, cell in CELLS.items()}
 STATE_LABELS = {"c": "cell state", "h": "output"}
+#: `kinds` of `activations`, `--state` of `lstmgen inspect`.
+KINDS_REF = option_mark("kinds", "--state")
+NEURON_REF = option_mark("neuron", "--neuron")
 
 
 # -- activations ----------------------------------------------------------------------------------
@@ -72,66 +75,9 @@ def check_state_kind(cell: str, kind: str) -> None:
     if kinds is None:
         raise LstmgenError(f"cannot inspect {cell!r} cells; the cells are {', '.join(STATE_KINDS)}")
     if kind not in ("c", "h"):
-        raise LstmgenError(f"--state must be c (cell state) or h (output), not {kind!r}")
+        raise LstmgenError(f"{KINDS_REF} must be c (cell state) or h (output), not {kind!r}")
     if kind not in kinds:
-        raise LstmgenError(f"a {cell} model has no separate cell state; use --state h")
-
-
-def _layer_weights(rnn: torch.nn.Module, cell: str, layer: int) -> dict[str, torch.Tensor]:
-    if cell in ("lstm", "gru"):
-        return {name: getattr(rnn, f"{name}_l{layer}").detach().float() for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-    w_ih, w_hh, w_ho, bias = rnn.layer_weights(layer)
-    return {"weight_ih": w_ih.detach().float(), "weight_hh": w_hh.detach().float(), "weight_ho": w_ho.detach().float(), "bias": bias.detach().float()}
-
-
-def run_layer(cell: str, weights: dict[str, torch.Tensor], inputs: torch.Tensor, state: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """One recurrent layer over a whole sequence, keeping every time step.
-
-    inputs (T, in) → {"out": (T, H) outputs fed to the next layer, "c"/"h": (T, H) per `STATE_KINDS`}.
-    `state` is the layer's initial state ((h, c) for lstm, (h,) otherwise; zeros when None).
-    """
-    steps = inputs.shape[0]
-    hidden = weights["weight_hh"].shape[1]
-    zeros = inputs.new_zeros(1, hidden)
-    if cell == "lstm":
-        projected = torch.addmm(weights["bias_ih"] + weights["bias_hh"], inputs, weights["weight_ih"].t())
-        w_hh = weights["weight_hh"].t().contiguous()
-        h, c = (state[0].reshape(1, hidden), state[1].reshape(1, hidden)) if state is not None else (zeros, zeros)
-        hs, cs = inputs.new_empty(steps, hidden), inputs.new_empty(steps, hidden)
-        for t in range(steps):
-            i, f, g, o = torch.addmm(projected[t : t + 1], h, w_hh).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            hs[t], cs[t] = h[0], c[0]
-        return {"out": hs, "h": hs, "c": cs}
-    if cell == "gru":
-        projected = torch.addmm(weights["bias_ih"], inputs, weights["weight_ih"].t())
-        w_hh, b_hh = weights["weight_hh"].t().contiguous(), weights["bias_hh"]
-        h = state[0].reshape(1, hidden) if state is not None else zeros
-        hs = inputs.new_empty(steps, hidden)
-        for t in range(steps):
-            ir, iz, in_ = projected[t : t + 1].chunk(3, dim=1)
-            hr, hz, hn = torch.addmm(b_hh, h, w_hh).chunk(3, dim=1)
-            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-            n = torch.tanh(in_ + r * hn)
-            h = n + z * (h - n)
-            hs[t] = h[0]
-        return {"out": hs, "h": hs}
-    if cell == "paper":
-        projected = torch.addmm(weights["bias"], inputs, weights["weight_ih"].t())
-        w_hh = weights["weight_hh"].t().contiguous()
-        h = state[0].reshape(1, hidden) if state is not None else zeros
-        cs = inputs.new_empty(steps, hidden)
-        for t in range(steps):
-            a = torch.addmm(projected[t : t + 1, : 3 * hidden], h, w_hh)
-            i, f, candidate = torch.sigmoid(a[:, :hidden]), torch.sigmoid(a[:, hidden : 2 * hidden]), torch.tanh(a[:, 2 * hidden :])
-            h = f * h + i * candidate
-            cs[t] = h[0]
-        # The output gate reads the new state but never feeds the recurrence: one GEMM for all steps.
-        out_gate = torch.sigmoid(torch.addmm(projected[:, 3 * hidden :], cs, weights["weight_ho"].t()))
-        ys = out_gate * torch.tanh(cs)
-        return {"out": ys, "h": ys, "c": cs}
-    raise LstmgenError(f"cannot inspect {cell!r} cells; the cells are {', '.join(STATE_KINDS)}")
+        raise LstmgenError(f"a {cell} model has no separate cell state; use {KINDS_REF} h")
 
 
 @torch.inference_mode()
@@ -154,7 +100,7 @@ def activations(model: Any, ids: Sequence[int], kinds: Sequence[str] | None = No
     x = model.embed(tokens[None])[0].detach().float().cpu()
     kept: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
     for layer in range(model.config.num_layers):
-        result = run_layer(cell, _layer_weights(model.rnn, cell, layer), x)
+        result = CELLS[cell].trace(model.rnn, layer, x)
         for kind in kinds:
             kept[kind].append(result[kind].numpy())
         x = result["out"]
@@ -169,12 +115,12 @@ def parse_neuron(spec: str, num_layers: int, hidden_size: int) -> tuple[int, int
     """'L:K' → (layer, cell index), both counted from 0, checked against the model's sizes."""
     parts = spec.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise LstmgenError(f"--neuron must be LAYER:CELL with whole numbers counted from 0 (e.g. 0:17), not {spec!r}")
+        raise LstmgenError(f"{NEURON_REF} must be LAYER:CELL with whole numbers counted from 0 (e.g. 0:17), not {spec!r}")
     layer, index = int(parts[0]), int(parts[1])
     if layer >= num_layers:
-        raise LstmgenError(f"--neuron {spec}: the model has {num_layers} layer{'s' if num_layers != 1 else ''} (0 to {num_layers - 1})")
+        raise LstmgenError(f"{NEURON_REF} {spec}: the model has {num_layers} layer{'s' if num_layers != 1 else ''} (0 to {num_layers - 1})")
     if index >= hidden_size:
-        raise LstmgenError(f"--neuron {spec}: each layer has {hidden_size} cells (0 to {hidden_size - 1})")
+        raise LstmgenError(f"{NEURON_REF} {spec}: each layer has {hidden_size} cells (0 to {hidden_size - 1})")
     return layer, index
 
 
@@ -404,3 +350,96 @@ def find_cells(acts: Activations, positions: Sequence[int], features: dict[str, 
 def chance_level(count: int) -> float:
     """|r| that a cell unrelated to a feature exceeds with ~0.3% probability on `count` points (3/√n)."""
     return 3.0 / math.sqrt(count) if count > 0 else 1.0
+
+
+# -- inspecting a text file with a loaded model: what `lstmgen inspect` shows ------------------------
+
+TOP_REF = option_mark("top", "--top")
+MAX_TOKENS_REF = option_mark("max_tokens", "--max-tokens")
+
+
+@dataclass
+class TextActivations:
+    """A file's beginning as the model read it: ids ([start] + text), pieces, activations, and the file's token count."""
+
+    path: Any
+    ids: list[int]
+    total_tokens: int
+    pieces: list[Piece]
+    activations: Activations
+    kinds: tuple[str, ...]
+    config: Any
+
+
+@dataclass
+class NeuronView:
+    """One cell's value after each piece, and the colour scale's extent: full colour at the 99th percentile of |value|,
+    marks more than a standard deviation from the mean."""
+
+    values: np.ndarray
+    limit: float
+    low: float
+    high: float
+
+
+def check_inspect_options(neuron: str | None, find: bool, state: str | None, top: int, max_tokens: int) -> None:
+    """Refuse impossible inspect options before any model is loaded."""
+    if find == (neuron is not None):
+        raise LstmgenError(f"give {NEURON_REF} LAYER:CELL to colour the text by one cell, or {option_mark('find', '--find')} to rank cells "
+                           "by feature (one of them)")
+    if state is not None and state not in ("c", "h"):
+        raise LstmgenError(f"{KINDS_REF} must be c (cell state) or h (output), not {state!r}")
+    if not 1 <= top <= 100:
+        raise LstmgenError(f"{TOP_REF} must be a whole number from 1 to 100, not {top}")
+    if not 1 <= max_tokens <= 10_000_000:
+        raise LstmgenError(f"{MAX_TOKENS_REF} must be a whole number from 1 to 10000000, not {max_tokens}")
+
+
+def inspect_file(lm: Any, path: Any, neuron: str | None = None, state: str | None = None, max_tokens: int = 20_000,
+                 errors: str = "strict") -> tuple[TextActivations, tuple[int, int] | None]:
+    """Read the beginning of `path` (at most `max_tokens` tokens) with `lm` (a LanguageModel), recording the
+    activations to show: one cell's (`neuron` "LAYER:CELL", with `state` or its cell's default) or every cell's."""
+    config = lm.config
+    cell = config.cell
+    position = parse_neuron(neuron, config.num_layers, config.hidden_size) if neuron is not None else None
+    if position is not None:
+        kinds: tuple[str, ...] = (state or ("c" if "c" in STATE_KINDS[cell] else "h"),)
+    else:
+        kinds = (state,) if state is not None else STATE_KINDS[cell]
+    for kind in kinds:
+        check_state_kind(cell, kind)
+    ids, total = _file_ids(lm.tokenizer, path, errors, max_tokens)
+    acts = activations(lm.model, ids, kinds)
+    return TextActivations(path, ids, total, group_pieces(lm.tokenizer, ids, start=1), acts, kinds, config), position
+
+
+def _file_ids(tokenizer: Any, path: Any, errors: str, max_tokens: int) -> tuple[list[int], int]:
+    """[start] + the ids of the file's beginning (at most max_tokens), and how many the part read has."""
+    from .data import CorpusReader
+
+    lines, chars = [], 0
+    for line in CorpusReader(path, errors).lines():
+        lines.append(line)
+        chars += len(line)
+        if chars > 16 * max_tokens + 1024:  # far more text than max_tokens tokens need
+            break
+    encoded = tokenizer.encode("".join(lines))
+    if not encoded:
+        raise LstmgenError(f"{path} has no text to inspect")
+    return [tokenizer.bos_id] + encoded[:max_tokens], len(encoded)
+
+
+def neuron_view(text: TextActivations, layer: int, index: int) -> NeuronView:
+    values = text.activations.cell(layer, index, text.kinds[0])
+    shown = np.array([values[p.last] for p in text.pieces], dtype=np.float64)
+    limit = float(np.percentile(np.abs(shown), 99)) if len(shown) else 1.0
+    spread = float(shown.std()) if len(shown) > 1 else 0.0
+    low, high = (float(shown.mean()) - spread, float(shown.mean()) + spread) if spread > 1e-9 else (-math.inf, math.inf)
+    return NeuronView(shown, limit if limit > 1e-6 else 1.0, low, high)
+
+
+def find_in_text(text: TextActivations, top: int) -> tuple[list[FeatureMatches], list[str], float]:
+    """The cells that track each feature of the text best, the features constant over it, and the |r| of chance."""
+    features = text_features([p.text for p in text.pieces])
+    matches, constant = find_cells(text.activations, [p.last for p in text.pieces], features, top=top, kinds=text.kinds)
+    return matches, constant, chance_level(len(text.pieces))

@@ -102,29 +102,6 @@ class LSTMLanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def token_stepper(self) -> TokenStepper:
-        """A one-token step (tokens (B,), state) → (logits (B, V), state) with fused weights."""
-        return TokenStepper(self)
-
-
-class TokenStepper:
-    """One token at a time through the model's cell, with weights prepared once (for sampling).
-
-    nn.LSTM/nn.GRU called on a single time step pay oneDNN's setup cost every call; a plain step
-    (one or two GEMMs per layer, cells.make_step) is several times faster at batch 1. The weights
-    are read when the stepper is built: build a new one after changing them.
-    """
-
-    def __init__(self, model: LSTMLanguageModel) -> None:
-        self.model = model
-        self._step = cells.make_step(model.rnn, model.cell, model.config.num_layers)
-
-    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        x, state = self._step(self.model.embed(tokens), tuple(state))
-        if self.model.projection is not None:
-            x = self.model.projection(x)
-        return self.model.head(x), state
-
 
 def detach_state(state: State) -> State:
     return cells.detach_state(state)

@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
+from .cells import lstm_update, reorder_gates
+from .config import InferenceOptions
 from .errors import LstmgenError
+from .options import ref
 
-QUANTIZE_CHOICES = ("int8",)
 _TINY = 1e-30
 
 
@@ -30,14 +32,14 @@ def check_quantize(quantize: str | None, device: torch.device | str = "cpu") -> 
     """Normalise and validate a `quantize` argument (None, "none" or "int8")."""
     if quantize is None or quantize == "none":
         return None
-    if quantize not in QUANTIZE_CHOICES:
-        raise LstmgenError(f"--quantize must be none or int8, not {quantize!r}")
+    InferenceOptions(quantize=quantize).validate()
     if torch.device(device).type != "cpu":
-        raise LstmgenError("--quantize int8 runs on the CPU; drop --device or use --device cpu")
+        raise LstmgenError(f"{ref(InferenceOptions, 'quantize')} int8 runs on the CPU; drop {ref(InferenceOptions, 'device')} or use the CPU")
     try:
         torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
     except (AttributeError, RuntimeError, NotImplementedError):
-        raise LstmgenError(f"--quantize int8 needs a torch build with CPU int8 matrix products (torch ≥ 2.3); this is torch {torch.__version__}") from None
+        raise LstmgenError(f"{ref(InferenceOptions, 'quantize')} int8 needs a torch build with CPU int8 matrix products (torch ≥ 2.3); "
+                           f"this is torch {torch.__version__}") from None
     return quantize
 
 
@@ -81,25 +83,11 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / row_scale).to(torch.int8), row_scale
 
 
-def reorder_gates(tensor: torch.Tensor, sigmoid_scale: float = 1.0) -> torch.Tensor:
-    """PyTorch's LSTM gate order (i, f, g, o) → (i, f, o, g): the three sigmoid gates side by side,
-    optionally multiplied by `sigmoid_scale`."""
-    i, f, g, o = tensor.chunk(4, dim=0)
-    return torch.cat([i * sigmoid_scale, f * sigmoid_scale, o * sigmoid_scale, g], dim=0)
-
-
-def lstm_pointwise_exact(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LSTM cell update from reordered gates (i/2, f/2, o/2, g), with batch-independent rounding.
-
-    The sigmoid gates arrive halved (the weights were, exactly: a power of two leaves the int8
-    values unchanged), so σ(a) = (1 + tanh(a/2)) / 2 costs three element-wise passes."""
-    hidden = c.shape[-1]
-    sig = gates[:, : 3 * hidden].tanh_().mul_(0.5).add_(0.5)
-    g = gates[:, 3 * hidden :].tanh()
-    c = sig[:, hidden : 2 * hidden] * c
-    c.add_(sig[:, :hidden] * g)
-    h = torch.tanh(c).mul_(sig[:, 2 * hidden :])
-    return h, c
+def halved_sigmoid_(tensor: torch.Tensor) -> torch.Tensor:
+    """σ(2x) = (1 + tanh(x)) / 2 in place: the sigmoid gates arrive halved (their weights were, exactly:
+    a power of two leaves the int8 values unchanged), and tanh rounds the same whatever the batch,
+    where torch.sigmoid's vectorised and scalar code paths may differ in the last bit."""
+    return tensor.tanh_().mul_(0.5).add_(0.5)
 
 
 class Int8LSTMLanguageModel:
@@ -112,7 +100,7 @@ class Int8LSTMLanguageModel:
     def __init__(self, model: Any) -> None:
         config = model.config
         if getattr(config, "cell", "lstm") != "lstm":
-            raise LstmgenError(f"--quantize int8 supports LSTM models only, not {config.cell!r} models")
+            raise LstmgenError(f"{ref(InferenceOptions, 'quantize')} int8 supports LSTM models only, not {config.cell!r} models")
         self.config = config
         rnn = model.rnn
         with torch.no_grad():
@@ -171,7 +159,7 @@ class Int8LSTMLanguageModel:
                 inputs = ih.matmul(*x_q)
             h_q = previous[layer] if previous is not None else quantize_activations(h_all[layer])
             gates = inputs.add_(hh.matmul(*h_q))
-            x, c = lstm_pointwise_exact(gates, c_all[layer])
+            x, c = lstm_update(gates, c_all[layer], halved_sigmoid_)
             x_q = quantize_activations(x)
             new_h.append(x)
             new_c.append(c)
@@ -200,7 +188,7 @@ class Int8LSTMLanguageModel:
             h, c = h_all[layer], c_all[layer]
             outputs = []
             for t in range(time):
-                h, c = lstm_pointwise_exact(inputs[:, t] + hh(h), c)
+                h, c = lstm_update(inputs[:, t] + hh(h), c, halved_sigmoid_)
                 outputs.append(h)
             x = torch.stack(outputs, dim=1)
             new_h.append(h)

@@ -14,18 +14,22 @@ import codecs
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cells import Step, make_step
+from .config import SamplingOptions
 from .data import start_ids
-from .errors import LstmgenError
-from .model import START_ID, LSTMLanguageModel, State
-from .quantization import Int8LSTMLanguageModel, check_quantize, reorder_gates
+from .errors import LstmgenError, option_mark
+from .model import START_ID, LSTMLanguageModel
+from .quantization import Int8LSTMLanguageModel, check_quantize
 from .tokenizer import Tokenizer
+
+__all__ = ["FastStepper", "Sample", "Sampler", "SamplingOptions", "check_num_samples"]
 
 #: Prompt tokens read per forward call (bounds the logits a long prompt needs).
 PROMPT_WINDOW = 1024
@@ -40,59 +44,18 @@ FINISH_END = "end-of-text"
 _TOP_P_CANDIDATES = 64
 #: Uniform numbers drawn from a sample's generator at a time.
 _UNIFORM_BLOCK = 64
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass
-class SamplingOptions:
-    """Every knob of generation; the CLI flags map one to one onto these fields."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    repetition_window: int = 64
-    max_tokens: int = 200
-    max_chars: int | None = None
-    stop: Sequence[str] = field(default_factory=tuple)
-    seed: int | None = None
-
-    def validate(self) -> None:
-        """Raise LstmgenError naming the first impossible value and what would be valid."""
-        if not _number(self.temperature) or not 0 <= self.temperature <= 100:
-            raise LstmgenError(f"--temp must be a number from 0 (greedy) to 100, not {self.temperature!r}")
-        if not _whole(self.top_k) or self.top_k < 0:
-            raise LstmgenError(f"--top-k must be a whole number ≥ 0 (0 turns it off), not {self.top_k!r}")
-        if not _number(self.top_p) or not 0 < self.top_p <= 1:
-            raise LstmgenError(f"--top-p must be in (0, 1] (1 turns it off), not {self.top_p!r}")
-        if not _number(self.min_p) or not 0 <= self.min_p < 1:
-            raise LstmgenError(f"--min-p must be in [0, 1) (0 turns it off), not {self.min_p!r}")
-        if not _number(self.repetition_penalty) or not 1 <= self.repetition_penalty <= 100:
-            raise LstmgenError(f"--repetition-penalty must be a number from 1 (off) to 100, not {self.repetition_penalty!r}")
-        if not _whole(self.repetition_window) or not 1 <= self.repetition_window <= 1 << 20:
-            raise LstmgenError(f"--repetition-window must be a whole number from 1 to {1 << 20}, not {self.repetition_window!r}")
-        if not _whole(self.max_tokens) or not 0 <= self.max_tokens <= 10**9:
-            raise LstmgenError(f"--max-tokens must be a whole number from 0 to 1000000000, not {self.max_tokens!r}")
-        if self.max_chars is not None and (not _whole(self.max_chars) or not 0 <= self.max_chars <= 10**12):
-            raise LstmgenError(f"--max-chars must be a whole number ≥ 0, not {self.max_chars!r}")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise LstmgenError("--stop needs a non-empty string")
-        if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed < 2**63):
-            raise LstmgenError(f"--seed must be a whole number from 0 to 2^63-1, not {self.seed!r}")
+#: The most samples of one call, and how many of them are generated side by side at a time: memory
+#: stays bounded however many are asked for (samples are independent: the same texts either way).
+MAX_SAMPLES = 1 << 16
+SAMPLES_PER_BATCH = 256
+#: `num_samples` of LanguageModel.sample_many, `-n/--num-samples` of `lstmgen sample`.
+NUM_SAMPLES_REF = option_mark("num_samples", "--num-samples")
 
 
 def check_num_samples(num_samples: object) -> int:
-    if not _whole(num_samples) or not 1 <= num_samples <= 1 << 16:  # type: ignore[operator]
-        raise LstmgenError(f"--num-samples must be a whole number from 1 to {1 << 16}, not {num_samples!r}")
-    return num_samples  # type: ignore[return-value]
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= MAX_SAMPLES:
+        raise LstmgenError(f"{NUM_SAMPLES_REF} must be a whole number from 1 to {MAX_SAMPLES}, not {num_samples!r}")
+    return num_samples
 
 
 @dataclass
@@ -107,85 +70,20 @@ class Sample:
 
 # -- one-token steps --------------------------------------------------------------------------------
 
-#: A cell step maps (layer-0 input (batch, embedding), state) to (top-layer output, new state).
-CellStep = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
-_CELL_STEPS: dict[str, Callable[[Any], CellStep]] = {}
-
-
-def register_cell_step(cell: str, factory: Callable[[Any], CellStep]) -> None:
-    """Give FastStepper a fast float step for models whose `config.cell` is `cell`.
-
-    `factory(model)` is called once per model and returns `step(x, state) -> (output, state)`,
-    where x is the (batch, embedding) input of the first layer, output is the (batch, hidden)
-    output of the last layer, and state has the layout `model.forward` takes and returns (batch
-    on dimension 1 of every tensor). Cells without a registered step use `cells.make_step`
-    when it knows the cell, else `model.forward` on one time step (correct but slower).
-    """
-    _CELL_STEPS[cell] = factory
-
-
-class _LSTMStep:
-    """Float LSTM step: one fused addmm per layer over [x, h], gates reordered to (i, f, o, g).
-
-    nn.LSTM called on a single time step pays oneDNN's setup cost on every call; this plain step
-    is several times faster at batch 1 and reads each weight exactly once per token.
-    """
-
-    def __init__(self, model: LSTMLanguageModel) -> None:
-        rnn = model.rnn
-        self.hidden = model.config.hidden_size
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        with torch.no_grad():
-            for layer in range(model.config.num_layers):
-                weight = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], dim=1)
-                bias = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
-                self.layers.append((reorder_gates(weight).t().contiguous(), reorder_gates(bias).contiguous()))
-
-    def __call__(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h_all, c_all = state
-        hidden = self.hidden
-        new_h, new_c = [], []
-        for layer, (weight, bias) in enumerate(self.layers):
-            gates = torch.addmm(bias, torch.cat([x, h_all[layer]], dim=1), weight)
-            sig = gates[:, : 3 * hidden].sigmoid_()
-            c = torch.addcmul(sig[:, hidden : 2 * hidden] * c_all[layer], sig[:, :hidden], gates[:, 3 * hidden :].tanh_())
-            x = torch.tanh(c).mul_(sig[:, 2 * hidden :])
-            new_h.append(x)
-            new_c.append(c)
-        return x, (torch.stack(new_h), torch.stack(new_c))
-
-
-register_cell_step("lstm", _LSTMStep)
-
-
-def _cell_step(model: LSTMLanguageModel) -> CellStep | None:
-    """The registered step of the model's cell, else the cell module's own, else None."""
-    cell = getattr(model.config, "cell", "lstm")
-    if cell in _CELL_STEPS:
-        return _CELL_STEPS[cell](model)
-    try:
-        from .cells import make_step  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    try:
-        return make_step(model.rnn, cell, model.config.num_layers)
-    except ValueError:
-        return None
-
 
 class FastStepper:
     """`step(tokens, state) -> (logits, state)`: advance every row of a batch by one token.
 
-    Float models use the cell's registered step (see `register_cell_step`); `quantize="int8"`
-    runs the int8 model of `lstmgen.quantization`. `forward(tokens, state)` reads whole
-    sequences (prompts) with the arithmetic that matches the steps.
+    Float models use their cell's one-token step (`cells.make_step`: fused GEMMs per layer over the
+    cell's equations); `quantize="int8"` runs the int8 model of `lstmgen.quantization`.
+    `forward(tokens, state)` reads whole sequences (prompts) with the arithmetic that matches the steps.
     """
 
     def __init__(self, model: LSTMLanguageModel, quantize: str | None = None) -> None:
         self.model = model
         self.quantize = quantize
         self.int8 = Int8LSTMLanguageModel(model) if quantize == "int8" else None
-        self.cell: CellStep | None = _cell_step(model) if self.int8 is None else None
+        self.cell: Step | None = make_step(model.rnn, model.config.cell, model.config.num_layers) if self.int8 is None else None
         self.embedding = model.embedding.weight
         self.projection = model.projection.weight if model.projection is not None else None
         self.head_weight = model.head.weight
@@ -205,11 +103,9 @@ class FastStepper:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """tokens (batch,) → logits (batch, vocab) and the new state."""
-        if self.int8 is not None:
+        if self.int8 is not None or self.cell is None:
+            assert self.int8 is not None
             return self.int8.step(tokens, state)
-        if self.cell is None:
-            logits, state = self.model(tokens[:, None], state)
-            return logits[:, 0], state
         x = self.embedding[tokens].masked_fill_((tokens == START_ID).unsqueeze(-1), 0.0)
         x, state = self.cell(x, state)
         if self.projection is not None:
@@ -485,17 +381,22 @@ class Sampler:
 
     @torch.inference_mode()
     def _stream(self, prompts: list[str], options: SamplingOptions, copies: int, first_index: int) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
-        reads = [self.read_prompt(prompt) for prompt in prompts]
-        if len(reads) == 1:
-            logits, state, history = reads[0]
-            logits = logits.repeat(copies, 1)
-            state = _map_state(state, lambda s: s.repeat_interleave(copies, dim=1) if copies > 1 else s)
-            histories = [history] * copies
-        else:
-            logits = torch.cat([r[0] for r in reads])
-            state = _cat_states([r[1] for r in reads])
-            histories = [r[2] for r in reads]
-        yield from self._generate(logits, state, histories, options, first_index)
+        """Samples in batches of at most SAMPLES_PER_BATCH rows, in order: memory does not grow with their number."""
+        shared = self.read_prompt(prompts[0]) if len(prompts) == 1 else None
+        total = copies if shared is not None else len(prompts)
+        for begin in range(0, total, SAMPLES_PER_BATCH):
+            count = min(SAMPLES_PER_BATCH, total - begin)
+            if shared is not None:
+                logits, state, history = shared
+                logits = logits.repeat(count, 1)
+                state = _map_state(state, lambda s: s.repeat_interleave(count, dim=1) if count > 1 else s)
+                histories = [history] * count
+            else:
+                reads = [self.read_prompt(prompt) for prompt in prompts[begin : begin + count]]
+                logits = torch.cat([r[0] for r in reads])
+                state = _cat_states([r[1] for r in reads])
+                histories = [r[2] for r in reads]
+            yield from self._generate(logits, state, histories, options, first_index + begin)
 
     def _generate(self, logits: torch.Tensor, state: Any, histories: list[list[int]], options: SamplingOptions,
                   first_index: int) -> Iterator[tuple[int, str] | tuple[int, Sample]]:

@@ -1,26 +1,17 @@
-"""Training: truncated BPTT over contiguous streams, AdamW, warm-up + cosine decay, exact resume.
+"""The training loop: truncated BPTT over contiguous streams, validation, bundles, exact resume.
 
-A run lives beside its output bundle `X.lstmgen` in the run directory `X.lstmgen.run/`:
-    tokens/           the tokenized corpus (reused when the corpus and settings are unchanged)
-    checkpoint.ckpt   everything needed to continue exactly (zip: state.json + tensors.safetensors)
-    metrics.jsonl     one JSON object per logged training step and per validation
-    lock              held while a run writes here, so two runs cannot clobber each other
-The bundle `X.lstmgen` always holds the weights with the best validation loss so far.
+A run writes the bundle `X.lstmgen` (always the weights with the best validation loss so far) and
+its run directory `X.lstmgen.run/` (lstmgen.rundir). What a run trains with is decided before it
+starts (lstmgen.run); here the decided configuration is trained.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import json
-import logging
 import math
-import os
 import signal
-import stat
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,23 +21,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import parse_json_member, parse_safetensors, read_members, save_bundle
-from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from . import checkpoint
+from .bundle import save_bundle
+from .config import ModelConfig, RunOptions, TrainConfig, to_dict
 from .data import FreshStarts, StreamBatcher, TokenizedCorpus
+from .device import resolve_device, resolve_precision, use_threads
 from .distributed import ProcessGroup
 from .errors import LstmgenError, TrainingInterrupted
 from .evaluation import bounds_size, parts_nll, sample_bounds, summarize, total_nll
 from .fsutil import BUNDLE, atomic_writer, check_output, check_output_directory
 from .model import LSTMLanguageModel, carry_names, detach_state
+from .options import ref
+from .rundir import RUN_FILES, RunLock, run_directory
+from .schedule import learning_rate, make_optimizer
+from .signals import SignalGuard
 from .tokenizer import Tokenizer
 
-log = logging.getLogger("lstmgen")
-
-CHECKPOINT_FORMAT = "lstmgen-checkpoint"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_MEMBERS = {"state.json": 64 << 20, "tensors.safetensors": 32 << 30}
-#: Options that may change between a checkpoint and its resumption without changing the maths.
-RESUMABLE_CHANGES = {"max_time", "max_steps", "epochs", "log_every", "checkpoint_every", "device", "threads", "val_every", "precision", "compile"}
 Event = dict[str, Any]
 
 
@@ -62,140 +52,6 @@ EVAL_SPEEDUP = 3.0
 MIN_VALIDATION_TOKENS = 4096
 #: Validation reads its text as this many streams at most, each from a fresh state at a paragraph start.
 VALIDATION_STREAMS = 32
-
-
-#: The files a run writes in its run directory (the guard checks each before a run starts).
-RUN_FILES = ("checkpoint.ckpt", "metrics.jsonl", "lock", "tokens/tokens.bin", "tokens/tokens.json", "tokens/tokenizer.model")
-
-
-def run_directory(output: Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".run")
-
-
-def resolve_device(name: str) -> torch.device:
-    from .config import DEVICES
-
-    if name not in DEVICES:
-        raise LstmgenError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LstmgenError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise LstmgenError("--device mps was asked for, but Apple's MPS is not available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `--precision` on `device` (None: plain float32)."""
-    if name == "fp32" or (name == "auto" and device.type != "cuda"):
-        return None
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu" and name == "fp16":
-        raise LstmgenError("--precision fp16 needs a GPU; use fp32 (or bf16) on a CPU")
-    return torch.bfloat16 if name == "bf16" else torch.float16
-
-
-def apply_device_defaults(config: TrainConfig, device: torch.device) -> None:
-    """Batch shape and learning rate for the device (TrainConfig's own defaults are the CPU's).
-
-    On a CPU the number of updates a budget buys is what limits quality: 32 streams × 32-token
-    windows train as fast per token as × 128 windows but take 4× as many steps, which on tiny
-    Shakespeare halved the distance to a 5-minute model's loss (docs/benchmarks.md). A GPU runs the
-    wider batches and longer windows it measured fastest with.
-    """
-    if device.type == "cuda":
-        config.batch_size, config.seq_len, config.learning_rate = 128, 128, 3e-3
-
-
-def suggest_model(train_tokens: int, vocab_size: int, device: torch.device) -> ModelConfig:
-    """A model sized for the corpus and the device: big enough to learn, small enough to train."""
-    if device.type == "cuda":
-        hidden = 1024 if train_tokens >= 5_000_000 else 512 if train_tokens >= 200_000 else 256
-    else:
-        hidden = 512 if train_tokens >= 300_000 else 256 if train_tokens >= 30_000 else 128
-    layers = 2 if train_tokens >= 30_000 else 1
-    dropout = 0.1 if train_tokens >= 20_000_000 else 0.2 if train_tokens >= 300_000 else 0.3
-    return ModelConfig(vocab_size=vocab_size, embedding_size=hidden, hidden_size=hidden, num_layers=layers, dropout=dropout)
-
-
-#: Runs planned to read the training split this many times or more overfit at the default dropout:
-#: at 15 minutes (~7 passes over tiny Shakespeare's subwords) the training loss was already 0.38 nats
-#: below the held-out loss.
-LONG_RUN_EPOCHS = 15.0
-LONG_RUN_DROPOUT = 0.3
-
-
-def budget_dropout(model_config: ModelConfig, config: TrainConfig, train_tokens: int, device: torch.device,
-                   agree: Callable[[float], float] = float) -> float:
-    """The model's dropout, raised to LONG_RUN_DROPOUT when the budget buys LONG_RUN_EPOCHS passes or more.
-
-    A time budget is turned into tokens by timing a few real steps of this model (`agree` makes all
-    ranks of a distributed run use rank 0's measurement).
-    """
-    if config.max_steps is not None:
-        planned = config.max_steps * config.batch_size * config.seq_len
-    elif config.epochs is not None:
-        planned = config.epochs * train_tokens
-    elif config.max_time is not None:
-        planned = config.max_time * agree(measure_tokens_per_second(model_config, config, device))
-    else:
-        return model_config.dropout
-    if planned / max(train_tokens, 1) >= LONG_RUN_EPOCHS:
-        return max(model_config.dropout, LONG_RUN_DROPOUT)
-    return model_config.dropout
-
-
-def measure_tokens_per_second(model_config: ModelConfig, config: TrainConfig, device: torch.device, steps: int = 4) -> float:
-    """Training tokens/s of this model and batch shape: the median of a few real steps on random tokens."""
-    from .model import LSTMLanguageModel
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    model = LSTMLanguageModel(model_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(3, model_config.vocab_size, (config.batch_size, config.seq_len + 1), device=device)
-    timings = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        logits, _ = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - started)
-    later = sorted(timings[1:])
-    return config.batch_size * config.seq_len / later[len(later) // 2]
-
-
-def make_optimizer(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused into one kernel where torch has one for the device (CPU and CUDA since torch 2.4).
-
-    With 32-token windows the optimizer runs four times as often per token; the fused kernel takes
-    about 40 % of the time of the per-tensor loop (a 4.8M-parameter step on one CPU thread).
-    """
-    if device.type in ("cpu", "cuda"):
-        try:
-            return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
-
-
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` as progress → 1."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    progress = min(max(progress, 0.0), 1.0)
-    decay = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.learning_rate * warm * decay
 
 
 @dataclass
@@ -231,136 +87,6 @@ class _Progress:
     best_val_bits_per_char: float | None = None
 
 
-class RunLock:
-    """An exclusive lock on a run directory, taken before anything in it is touched.
-
-    The OS releases it if the process dies, so a stale lock never blocks a new run. The CLI takes it
-    before it tokenizes into the directory and the trainer joins it (`join=True`: the lock this
-    process already holds); the last release removes the lock file, and the directory as well when
-    the lock created it and nothing else was put there (a refused run leaves no trace).
-    """
-
-    #: Locks this process holds: real path of the lock file -> (descriptor, holders, created the directory).
-    _held: dict[str, tuple[int, int, bool]] = {}
-
-    def __init__(self, directory: Path, join: bool = False) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / "lock"
-        self.join = join
-        self.key = ""
-        self.created = False  # whether this lock made the directory (a failed run may then remove it)
-
-    def __enter__(self) -> RunLock:
-        created = self._make_directory()
-        self.key = os.path.realpath(self.path)
-        held = RunLock._held.get(self.key)
-        if held is not None and self.join:
-            RunLock._held[self.key] = (held[0], held[1] + 1, held[2])
-            self.created = held[2]
-            return self
-        try:
-            fd = self._acquire()
-        except BaseException:
-            if created:
-                with contextlib.suppress(OSError):
-                    os.rmdir(self.directory)
-            raise
-        RunLock._held[self.key] = (fd, 1, created)
-        self.created = created
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fd, holders, created = RunLock._held.pop(self.key)
-        if holders > 1:
-            RunLock._held[self.key] = (fd, holders - 1, created)
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # while still locked: a run opening it meanwhile sees another file and tries again
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(self.directory)  # only succeeds when empty
-
-    def _make_directory(self) -> bool:
-        try:
-            os.mkdir(self.directory)
-        except FileExistsError:
-            return False
-        except OSError as error:
-            from .fsutil import path_error
-
-            raise path_error(self.directory, error, "create the run directory") from None
-        return True
-
-    def _acquire(self) -> int:
-        """Open and lock the lock file; try again when its holder removed it just as it was opened."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-        for _ in range(100):
-            fd = self._open(flags)
-            opened = os.fstat(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                os.close(fd)
-                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    from .fsutil import path_error
-
-                    raise path_error(self.path, error, "lock") from None
-                raise LstmgenError(
-                    f"another `lstmgen train` is already writing {self.directory} ; wait for it to finish or choose another -o"
-                ) from None
-            try:
-                current = os.stat(self.path, follow_symlinks=False)
-            except OSError:
-                current = None
-            if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                return fd
-            os.close(fd)
-        raise LstmgenError(f"cannot lock {self.directory}: its lock file keeps changing; is another program removing it?")
-
-    def _open(self, flags: int) -> int:
-        """The lock file, created if need be; a link, directory, FIFO or device in its place is refused, never waited on."""
-        try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                raise LstmgenError(f"{self.path} is not a regular file; remove it (lstmgen keeps the run's lock there)") from None
-            from .fsutil import path_error
-
-            raise path_error(self.path, error, "lock") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise LstmgenError(f"{self.path} is not a regular file; remove it (lstmgen keeps the run's lock there)")
-        return fd
-
-
-class _SignalGuard:
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second SIGINT aborts."""
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _SignalGuard:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal_number is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_number = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 class Trainer:
     """Train a model on a tokenized corpus, writing the best bundle to `output`."""
 
@@ -392,7 +118,7 @@ class Trainer:
             self.on_event = lambda event: None
         if train_config.batch_size % self.group.world_size:
             raise LstmgenError(
-                f"--batch-size {train_config.batch_size} must be a multiple of the number of processes ({self.group.world_size}): "
+                f"{ref(TrainConfig, 'batch_size')} {train_config.batch_size} must be a multiple of the number of processes ({self.group.world_size}): "
                 "each process trains its own share of the streams"
             )
         self._stop_requested: str | None = None
@@ -400,7 +126,7 @@ class Trainer:
             if resume:
                 raise LstmgenError(
                     f"cannot resume: the checkpoint's model has a vocabulary of {model_config.vocab_size} but this run's tokenizer has "
-                    f"{self.tokenizer.vocab_size}; use the corpus and tokenizer of the checkpoint's run, or start over with --overwrite"
+                    f"{self.tokenizer.vocab_size}; use the corpus and tokenizer of the checkpoint's run, or start over with {ref(RunOptions, 'overwrite')}"
                 )
             raise LstmgenError(
                 f"the model's vocabulary ({model_config.vocab_size}) does not match the tokenizer's ({self.tokenizer.vocab_size}); "
@@ -418,8 +144,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         if self.group.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.group.local_rank)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        use_threads(config.threads)
         torch.manual_seed(config.seed)
         self.model = LSTMLanguageModel(self.model_config).to(self.device)
         if self.init_weights is not None:
@@ -484,7 +209,7 @@ class Trainer:
             check_output(self.output, BUNDLE, "bundle")
             check_output_directory(self.run_dir, "run directory", members=RUN_FILES)
         lock = RunLock(self.run_dir, join=True) if self.group.is_main else contextlib.nullcontext()
-        with lock, _SignalGuard() as guard:
+        with lock, SignalGuard() as guard:
             self._setup()
             if self.group.is_main:
                 self._remove_stale_temporaries()
@@ -518,7 +243,7 @@ class Trainer:
                 f"{free / 1e6:.0f} MB are free; free some space or choose another -o"
             )
 
-    def _loop(self, guard: _SignalGuard) -> TrainResult:
+    def _loop(self, guard: SignalGuard) -> TrainResult:
         config = self.config
         p = self.progress
         self.on_event({"event": "start", "step": p.step, "parameters": self.model.num_parameters(), "device": str(self.device),
@@ -604,7 +329,7 @@ class Trainer:
         value = value.item()
         if not math.isfinite(value):
             raise LstmgenError(
-                f"training diverged at step {self.progress.step + 1} (loss {value}); lower --lr (now {self.config.learning_rate:g}) and start again"
+                f"training diverged at step {self.progress.step + 1} (loss {value}); lower {ref(TrainConfig, 'learning_rate')} (now {self.config.learning_rate:g}) and start again"
             )
         return value
 
@@ -770,8 +495,6 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
-        from safetensors.torch import save as save_safetensors
-
         tensors: dict[str, torch.Tensor] = {}
         for name, tensor in self.model.state_dict().items():
             if name == "head.weight" and self.model_config.tie_weights:
@@ -797,31 +520,17 @@ class Trainer:
         if not self.group.is_main:
             return
         state = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
             "fingerprint": self._fingerprint(),
             "progress": dataclasses.asdict(self.progress),
             "curve": self.curve,
             "optimizer_groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer_state["param_groups"]],
         }
-        import zipfile
-
-        payload = save_safetensors(tensors)
-        with atomic_writer(self.checkpoint_path) as handle:
-            with zipfile.ZipFile(handle, "w") as archive:
-                archive.writestr("state.json", json.dumps(state), zipfile.ZIP_DEFLATED)
-                archive.writestr("tensors.safetensors", payload, zipfile.ZIP_STORED)
+        checkpoint.write(self.checkpoint_path, state, tensors)
         self.on_event({"event": "checkpoint", "step": self.progress.step, "path": str(self.checkpoint_path)})
 
     def _load_checkpoint(self) -> None:
-        if not self.checkpoint_path.exists():
-            raise LstmgenError(f"nothing to resume: {self.checkpoint_path} does not exist; start without --resume")
-        members = read_members(self.checkpoint_path, CHECKPOINT_MEMBERS, what="checkpoint")
-        state = parse_json_member(members["state.json"], "state.json", self.checkpoint_path)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("format_version") != CHECKPOINT_VERSION:
-            raise LstmgenError(f"{self.checkpoint_path} is not an lstmgen checkpoint of version {CHECKPOINT_VERSION}; start over with --overwrite")
-        self._check_compatible(state.get("fingerprint", {}))
-        tensors = parse_safetensors(members["tensors.safetensors"], self.checkpoint_path, "tensors.safetensors")
+        state, tensors = checkpoint.read(self.checkpoint_path)
+        checkpoint.check_compatible(state.get("fingerprint", {}), self._fingerprint())
         model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         if self.model_config.tie_weights and "embedding.weight" in model_state:
             model_state["head.weight"] = model_state["embedding.weight"]
@@ -838,7 +547,7 @@ class Trainer:
             self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
             self.progress = _Progress(**state["progress"])
         except (RuntimeError, KeyError, TypeError, ValueError) as error:
-            raise LstmgenError(f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start over with --overwrite") from None
+            raise LstmgenError(f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start over with {ref(RunOptions, 'overwrite')}") from None
         rank = self.group.rank
         torch.set_rng_state(tensors.get(f"rng.cpu.r{rank}", tensors["rng.cpu"]))
         if self.device.type == "cuda" and "rng.cuda" in tensors:
@@ -861,31 +570,3 @@ class Trainer:
             return {name: value.detach().cpu() for name, value in weights_to_state_dict(self.model, bundle.tensors).items()}
         except (LstmgenError, RuntimeError, KeyError):
             return None
-
-    def _check_compatible(self, saved: dict[str, Any]) -> None:
-        current = self._fingerprint()
-        for key in ("tokenizer_sha256", "corpus_sha256", "tokens_sha256"):
-            if saved.get(key) != current.get(key):
-                what = {"tokenizer_sha256": "the tokenizer", "corpus_sha256": "the corpus", "tokens_sha256": "the tokenized corpus"}[key]
-                raise LstmgenError(f"cannot resume: {what} differs from the checkpoint's; use the same corpus and tokenizer, or start over with --overwrite")
-        for section, defaults in (("model", {}), ("train", to_dict(TrainConfig()))):
-            old, new = saved.get(section, {}), current[section]
-            for name in sorted(set(old) | set(new)):
-                if section == "train" and name in RESUMABLE_CHANGES:
-                    continue
-                if old.get(name, defaults.get(name)) != new.get(name):  # a setting newer than the checkpoint had its default
-                    option = "--" + name.replace("_", "-")
-                    raise LstmgenError(
-                        f"cannot resume: {option} differs (checkpoint {old.get(name)!r}, now {new.get(name)!r}); drop the option or start over with --overwrite"
-                    )
-
-
-def load_checkpoint_config(output: Path) -> tuple[ModelConfig, TrainConfig] | None:
-    """The model and training configuration stored in a run's checkpoint, if there is one."""
-    path = run_directory(output) / "checkpoint.ckpt"
-    if not path.exists():
-        return None
-    members = read_members(path, CHECKPOINT_MEMBERS, what="checkpoint")
-    state = parse_json_member(members["state.json"], "state.json", path)
-    fingerprint = state.get("fingerprint", {})
-    return from_dict(ModelConfig, fingerprint.get("model"), "checkpoint model config"), from_dict(TrainConfig, fingerprint.get("train"), "checkpoint train config")

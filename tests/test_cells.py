@@ -147,7 +147,7 @@ def _model(cell: str, vocab: int = 50, embedding: int = 12, hidden: int = 16, la
 
 
 def test_config_cells() -> None:
-    assert CELLS == cells.CELL_NAMES == ("lstm", "gru", "paper")
+    assert tuple(cells.CELLS) == CELLS == ("lstm", "gru", "paper")
     assert ModelConfig(vocab_size=10).cell == "lstm"
     with pytest.raises(LstmgenError, match="--cell must be one of lstm, gru, paper"):
         ModelConfig(vocab_size=10, cell="rnn").validate()

@@ -14,7 +14,7 @@ import pytest
 
 import lstmgen
 from lstmgen.data import TokenizedCorpus
-from lstmgen.trainer import CHECKPOINT_MEMBERS
+from lstmgen.checkpoint import MEMBERS as CHECKPOINT_MEMBERS
 from lstmgen.bundle import read_members
 
 ARGS = ["--hidden-size", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "32", "--vocab-size", "400",

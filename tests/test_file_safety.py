@@ -143,7 +143,7 @@ def test_an_output_never_replaces_a_file_of_another_kind(args: list[str], existi
 
 def test_a_refused_second_run_does_not_touch_the_running_one(ws: Path, fast_cli) -> None:
     """`lstmgen train fr/text.txt` while `lstmgen train en/text.txt` writes text.lstmgen: refused before it re-encodes anything."""
-    from lstmgen.trainer import RunLock
+    from lstmgen.rundir import RunLock
 
     other = ws / "other.txt"
     other.write_bytes((ws / "corpus.txt").read_bytes()[:30_000])

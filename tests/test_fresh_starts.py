@@ -20,7 +20,8 @@ from lstmgen.config import ModelConfig, TokenizerConfig, TrainConfig
 from lstmgen.data import FreshStarts, StreamBatcher, start_ids, tokenize_corpus
 from lstmgen.evaluation import encode_text_stream, parts_nll, total_nll
 from lstmgen.model import LSTMLanguageModel
-from lstmgen.trainer import Trainer, run_directory
+from lstmgen.rundir import run_directory
+from lstmgen.trainer import Trainer
 
 SPEAKERS = ["ANNA", "BRUNO", "CLARA", "DMITRI", "ELSA", "FELIX"]
 WORDS = "the sea was grey and cold and we walked along it all day long without a word".split()

@@ -27,6 +27,7 @@ from lstmgen.inspection import (
     text_features,
 )
 from lstmgen.model import LSTMLanguageModel
+from lstmgen.sampling import FastStepper
 
 from .conftest import ROOT
 from .test_eval_context import CHROMIUM, _check_page, chromium, colour_counts, needs_chromium, read_png
@@ -72,11 +73,10 @@ def test_activations_of_each_position_equal_stepping_one_token_at_a_time() -> No
     model = _model("lstm")
     ids = [1, 40, 41, 42, 300, 7]
     found = activations(model, ids)
-    step = model.token_stepper()
+    stepper = FastStepper(model)  # the sampler's one-token step: the same equations, written once in lstmgen.cells
     state = model.initial_state(1)
     for position, token in enumerate(ids):
-        with torch.no_grad():
-            _, state = step(torch.tensor([token]), state)
+        _, state = stepper.step(torch.tensor([token]), state)
         assert np.allclose(found.values["h"][:, position], state[0][:, 0].numpy(), atol=1e-6)
         assert np.allclose(found.values["c"][:, position], state[1][:, 0].numpy(), atol=1e-6)
 

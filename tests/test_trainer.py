@@ -12,7 +12,9 @@ from lstmgen.bundle import load_bundle
 from lstmgen.config import ModelConfig, TokenizerConfig, TrainConfig
 from lstmgen.data import tokenize_corpus
 from lstmgen.errors import LstmgenError
-from lstmgen.trainer import RunLock, Trainer, learning_rate, run_directory
+from lstmgen.rundir import RunLock, run_directory
+from lstmgen.schedule import learning_rate
+from lstmgen.trainer import Trainer
 
 STEPS = 12
 
@@ -182,7 +184,7 @@ def test_final_validation_reads_the_held_out_split_with_the_best_weights(corpus,
 
 
 def test_device_defaults_keep_cpu_batches_and_widen_gpu_ones() -> None:
-    from lstmgen.trainer import apply_device_defaults
+    from lstmgen.sizing import apply_device_defaults
 
     cpu = TrainConfig()
     apply_device_defaults(cpu, torch.device("cpu"))
@@ -194,7 +196,7 @@ def test_device_defaults_keep_cpu_batches_and_widen_gpu_ones() -> None:
 
 def test_long_budgets_raise_dropout() -> None:
     """Runs that will read the corpus ≥ 15 times get dropout 0.3; shorter runs keep the model's."""
-    from lstmgen.trainer import LONG_RUN_DROPOUT, budget_dropout
+    from lstmgen.sizing import LONG_RUN_DROPOUT, budget_dropout
 
     model = ModelConfig(vocab_size=300, embedding_size=16, hidden_size=16, num_layers=1, dropout=0.2)
     cpu = torch.device("cpu")
