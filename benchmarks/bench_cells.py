@@ -217,17 +217,10 @@ graph, or a fused kernel per step, is what would close the gap."""
 
 
 def write_section(table: str, marker: str = "cells-speed") -> None:
-    """Replace the block between <!-- MARKER:start --> and <!-- MARKER:end --> (CPU: cells-speed, GPU: cells-speed-gpu)."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    text = BENCHMARKS_MD.read_text(encoding="utf-8") if BENCHMARKS_MD.exists() else INTRO
-    block = f"{start}\n{table}{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        _, after = rest.split(end, 1)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text, encoding="utf-8")
+    """Replace this benchmark's section of docs/benchmarks.md (CPU: cells-speed, GPU: cells-speed-gpu)."""
+    from docsection import write_section as write
+
+    write(BENCHMARKS_MD, marker, table, INTRO)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from lstmgen.sampling import Sampler, SamplingOptions, _choose, _Uniforms  # noq
 from lstmgen.tokenizer import train_tokenizer  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- sampling:start -->", "<!-- sampling:end -->"
 INTRO = """# Benchmarks
 
 Measured results, each with the command that reproduces it. Machines are shared and noisy, so
@@ -332,17 +331,9 @@ def command_seconds_python(code: str) -> float:
 
 def write_section(section: str, doc: Path = DOC) -> None:
     """Replace this benchmark's section of docs/benchmarks.md (create the file if it is missing)."""
-    block = f"{START}\n{section}\n{END}"
-    text = doc.read_text(encoding="utf-8") if doc.exists() else INTRO
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    temporary = doc.with_name(doc.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, doc)
+    from docsection import write_section as write
+
+    write(doc, "sampling", section, INTRO)
     print(f"updated {doc}", file=sys.stderr)
 
 

@@ -38,17 +38,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from docsection import replace_section  # noqa: E402
+from docsection import write_section  # noqa: E402
 from quality import Split, score  # noqa: E402
 
 from lstmgen.config import TokenizerConfig, TrainConfig, parse_duration  # noqa: E402
 from lstmgen.data import tokenize_corpus  # noqa: E402
 from lstmgen.model import LSTMLanguageModel  # noqa: E402
-from lstmgen.trainer import Trainer, apply_device_defaults, budget_dropout, suggest_model  # noqa: E402
+from lstmgen.sizing import apply_device_defaults, budget_dropout, measure_tokens_per_second, suggest_model  # noqa: E402
+from lstmgen.trainer import Trainer  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "benchmarks" / "results" / "throughput.jsonl"
-BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 
 
 def bound_tokens_per_second(model: LSTMLanguageModel, batch: int, seq_len: int, steps: int) -> float:
@@ -94,7 +94,7 @@ def measure(corpus_path: Path, model_type: str, max_time: float, bound_steps: in
     config = TrainConfig(max_time=max_time, threads=torch.get_num_threads())
     apply_device_defaults(config, device)
     model_config = suggest_model(tokenized.split, tokenized.meta["vocab_size"], device)
-    model_config.dropout = budget_dropout(model_config, config, tokenized.split, device)
+    model_config.dropout = budget_dropout(model_config, config, tokenized.split, lambda: measure_tokens_per_second(model_config, config, device))
     torch.manual_seed(0)
     before = bound_tokens_per_second(LSTMLanguageModel(model_config), config.batch_size, config.seq_len, bound_steps)
     output = work / f"{model_type}.lstmgen"
@@ -118,7 +118,7 @@ def write_doc(rows: list[dict]) -> str:
                      f"{r['steps']:,} ({r['validations']}) | {bound:,.0f} ({r['bound_before']:,.0f} / {r['bound_after']:,.0f}) | "
                      f"{r['lstmgen']:,.0f} | **{r['lstmgen'] / bound:.2f}** | {r['nats_per_char']:.3f} | {r['date']}, {r['threads']} threads, {r['corpus']} |")
     table = "\n".join(lines) + "\n"
-    replace_section(DOC, BEGIN, END, table)
+    write_section(DOC, "throughput", table)
     return table
 
 

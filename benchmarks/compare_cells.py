@@ -50,7 +50,6 @@ CORPORA = {
     "tang": {"path": ROOT / "corpora" / "tang-poems.simplified.txt", "coverage": 0.99},
 }
 DOC = ROOT / "docs" / "cells.md"
-START, END = "<!-- cells-compare:start -->", "<!-- cells-compare:end -->"
 
 # -- the long-range memory corpus ---------------------------------------------------------------
 
@@ -429,15 +428,9 @@ def render(summary: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def write_section(markdown: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Recurrent cells\n\n"
-    block = f"{START}\n{markdown}{END}"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text, encoding="utf-8")
+    from docsection import write_section as write
+
+    write(DOC, "cells-compare", markdown, "# Recurrent cells\n\n")
     print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
 
 

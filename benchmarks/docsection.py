@@ -1,10 +1,19 @@
-"""Write a benchmark's results into its marked section of a Markdown file."""
+"""Write a benchmark's results into its marked section of a Markdown file: one marker style for every benchmark,
+`<!-- NAME:start -->` … `<!-- NAME:end -->`, written atomically."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lstmgen.fsutil import atomic_writer
+
+
+def write_section(doc: Path, name: str, body: str, intro: str = "") -> None:
+    """Put `body` in the section NAME of `doc` (appended when the markers are missing; `intro` starts a missing file)."""
+    if not doc.exists():
+        with atomic_writer(doc) as handle:
+            handle.write(intro.encode("utf-8"))
+    replace_section(doc, f"<!-- {name}:start -->", f"<!-- {name}:end -->", body if body.endswith("\n") else body + "\n")
 
 
 def replace_section(doc: Path, begin: str, end: str, body: str) -> None:

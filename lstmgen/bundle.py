@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from .version import __version__
 from .config import ModelConfig, from_dict, to_dict
 from .errors import LstmgenError
 from .fsutil import BUNDLE, atomic_writer
 from .tokenizer import Tokenizer
+from .version import __version__
 
 BUNDLE_FORMAT = "lstmgen-bundle"
 BUNDLE_VERSION = 1
@@ -96,7 +96,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def weights_to_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def weights_to_state_dict(model: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The bundle's tensors as the model's state dict, in float32 (a tied head shares the embedding)."""
     state = {name: tensor.to(torch.float32) for name, tensor in tensors.items()}
     if model.config.tie_weights:
         state["head.weight"] = state["embedding.weight"]
@@ -125,11 +126,10 @@ def save_bundle(
         "versions": _versions(),
     }
     weights = save_safetensors(export_tensors(model, dtype), metadata={"format": "pt"})
-    with atomic_writer(Path(path), BUNDLE, "bundle") as handle:
-        with zipfile.ZipFile(handle, "w") as archive:
-            archive.writestr(META_NAME, json.dumps(meta, indent=2, allow_nan=False) + "\n", zipfile.ZIP_DEFLATED)
-            archive.writestr(TOKENIZER_NAME, tokenizer.model_proto, zipfile.ZIP_DEFLATED)
-            archive.writestr(WEIGHTS_NAME, weights, zipfile.ZIP_STORED)
+    with atomic_writer(Path(path), BUNDLE, "bundle") as handle, zipfile.ZipFile(handle, "w") as archive:
+        archive.writestr(META_NAME, json.dumps(meta, indent=2, allow_nan=False) + "\n", zipfile.ZIP_DEFLATED)
+        archive.writestr(TOKENIZER_NAME, tokenizer.model_proto, zipfile.ZIP_DEFLATED)
+        archive.writestr(WEIGHTS_NAME, weights, zipfile.ZIP_STORED)
 
 
 def convert_bundle(source: Path, target: Path, dtype_name: str) -> Bundle:

@@ -41,10 +41,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from .config import CELLS as CELL_NAMES
+
 #: The paper cell's W_hh starts at this fraction of PyTorch's default bound (PaperLSTM.reset_parameters).
 RECURRENT_INIT_SCALE = 0.5
-
-from .config import CELLS as CELL_NAMES
 
 State = tuple[torch.Tensor, ...]
 Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
@@ -166,7 +166,7 @@ class _PaperLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, weight_ho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, weight_ho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         projected = projected.contiguous()
         hidden = weight_hh.shape[1]
         states, gates = _paper_forward_loop(projected, h0, weight_hh)
@@ -178,7 +178,7 @@ class _PaperLayer(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor | None, grad_last: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, grad_y: torch.Tensor | None, grad_last: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         gates, states, tanh_states, out_gate, h0, weight_hh, weight_ho = ctx.saved_tensors
         steps, batch, hidden = states.shape
         grad_projected = torch.empty((steps, batch, 4 * hidden), dtype=states.dtype, device=states.device)
@@ -326,6 +326,11 @@ class Cell:
         raise NotImplementedError
 
 
+def _paper_weights(rnn: nn.Module, layer: int) -> tuple[torch.Tensor, ...]:
+    assert isinstance(rnn, PaperLSTM)
+    return rnn.layer_weights(layer)
+
+
 def _weight(rnn: nn.Module, name: str, layer: int) -> torch.Tensor:
     return getattr(rnn, f"{name}_l{layer}").detach().float()
 
@@ -446,7 +451,7 @@ class PaperCell(Cell):
 
     def make_step(self, rnn: nn.Module, num_layers: int) -> Step:
         # Three GEMVs per layer and no wasted weight reads: x·W_ihᵀ (4H), h·W_hhᵀ (3H), h_new·W_hoᵀ (H).
-        layers = [tuple(w.detach().float().t().contiguous() if w.dim() == 2 else w.detach().float().contiguous() for w in rnn.layer_weights(k))
+        layers = [tuple(w.detach().float().t().contiguous() if w.dim() == 2 else w.detach().float().contiguous() for w in _paper_weights(rnn, k))
                   for k in range(num_layers)]
 
         def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -463,7 +468,7 @@ class PaperCell(Cell):
         return step
 
     def trace(self, rnn: nn.Module, layer: int, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        w_ih, w_hh, w_ho, bias = (w.detach().float() for w in rnn.layer_weights(layer))
+        w_ih, w_hh, w_ho, bias = (w.detach().float() for w in _paper_weights(rnn, layer))
         projected = torch.addmm(bias, inputs, w_ih.t())
         w_hh_t = w_hh.t().contiguous()
         steps, hidden = inputs.shape[0], w_hh.shape[1]

@@ -44,10 +44,9 @@ def write(path: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     from safetensors.torch import save as save_safetensors
 
     payload = save_safetensors(tensors)
-    with atomic_writer(path) as handle:
-        with zipfile.ZipFile(handle, "w") as archive:
-            archive.writestr("state.json", json.dumps({"format": FORMAT, "format_version": VERSION, **state}), zipfile.ZIP_DEFLATED)
-            archive.writestr("tensors.safetensors", payload, zipfile.ZIP_STORED)
+    with atomic_writer(path) as handle, zipfile.ZipFile(handle, "w") as archive:
+        archive.writestr("state.json", json.dumps({"format": FORMAT, "format_version": VERSION, **state}), zipfile.ZIP_DEFLATED)
+        archive.writestr("tensors.safetensors", payload, zipfile.ZIP_STORED)
 
 
 def read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,10 +244,10 @@ def load_config_file(path: Any) -> dict[str, dict[str, Any]]:
     The read is bounded: a regular file of at most CONFIG_FILE_LIMIT bytes (never a FIFO or
     /dev/zero), and nesting too deep for the parser is refused, not a crash.
     """
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
     from .fsutil import read_regular_file
 
     raw = read_regular_file(path, CONFIG_FILE_LIMIT, "config file", "pass a .toml file")

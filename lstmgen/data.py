@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LstmgenError
+from .config import DOCUMENTS, RunOptions, TokenizerConfig, TrainConfig
+from .errors import LstmgenError, option_mark
 from .fsutil import atomic_write_text, atomic_writer
+from .options import ref
 
 TOKENS_FORMAT = "lstmgen-tokens"
 TOKENS_VERSION = 1
@@ -38,6 +40,8 @@ TOKENS_JSON_LIMIT = 64 << 20
 ENCODE_BATCH_CHARS = 1 << 20
 
 ProgressCallback = Callable[[int, int], None]
+#: How a message tells the reader to replace invalid UTF-8 (a keyword in Python, a flag on the command line).
+ERRORS_REPLACE = option_mark("errors='replace'", "--errors replace")
 
 
 # -- reading corpora ------------------------------------------------------------------------------
@@ -70,10 +74,27 @@ def check_corpus_file(path: Path) -> int:
         )
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise LstmgenError(f"corpus {path} is UTF-16 text; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 {path} > out.txt)")
+    encoding = _utf16_without_bom(head)
+    if encoding is not None:
+        raise LstmgenError(f"corpus {path} looks like {encoding} text without a byte-order mark; convert it to UTF-8 first "
+                           f"(iconv -f {encoding} -t UTF-8 {path} > out.txt)")
     if b"\x00" in head and not _utf8_prefix(head):
         # An image, archive or executable: saying "convert it to UTF-8" would send the user the wrong way.
         raise LstmgenError(f"corpus {path} looks like a binary file (NUL bytes and invalid UTF-8 near its start), not text; pass a UTF-8 text file")
     return info.st_size
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """"UTF-16LE" or "UTF-16BE" when `head` reads as ASCII-range text in UTF-16 (a NUL byte beside nearly every
+    character, always on the same side), else None: such a file is text in the wrong encoding, not a binary file."""
+    pairs = len(head) // 2
+    if pairs < 2:
+        return None
+    even, odd = head[0 : 2 * pairs : 2], head[1 : 2 * pairs : 2]
+    for text, zeros, name in ((even, odd, "UTF-16LE"), (odd, even, "UTF-16BE")):
+        if zeros.count(0) >= 0.9 * pairs and sum(32 <= b < 127 or b in (9, 10, 13) for b in text) >= 0.9 * pairs:
+            return name
+    return None
 
 
 def _utf8_prefix(head: bytes) -> bool:
@@ -93,7 +114,7 @@ class CorpusReader:
 
     def __init__(self, path: Path, errors: str = "strict") -> None:
         if errors not in ("strict", "replace"):
-            raise LstmgenError(f"--errors must be strict or replace, not {errors!r}")
+            raise LstmgenError(f"{ref(RunOptions, 'errors')} must be strict or replace, not {errors!r}")
         self.path = Path(path)
         self.errors = errors
         self.size = check_corpus_file(self.path)
@@ -101,6 +122,8 @@ class CorpusReader:
         self.bytes_read = 0
 
     def lines(self) -> Iterator[str]:
+        """The file's lines as it was when the reader was made: its first `size` bytes (text appended while it is
+        read is left for the next run; a file that shrinks meanwhile is refused)."""
         digest = hashlib.sha256()
         decoder = codecs.getincrementaldecoder("utf-8")(errors=self.errors)
         pending = ""
@@ -112,9 +135,12 @@ class CorpusReader:
         with handle:
             while True:
                 try:
-                    chunk = handle.read(READ_CHUNK_BYTES)
+                    chunk = handle.read(min(READ_CHUNK_BYTES, self.size - offset))
                 except OSError as error:
                     raise LstmgenError(f"cannot read corpus {self.path}: {error.strerror or error}") from None
+                if not chunk and offset < self.size:
+                    raise LstmgenError(f"corpus {self.path} changed while it was read ({self.size:,} bytes when it was opened, "
+                                       f"{offset:,} now); run again once nothing writes to it")
                 digest.update(chunk)
                 buffered = len(decoder.getstate()[0])
                 try:
@@ -123,7 +149,7 @@ class CorpusReader:
                     position = offset - buffered + error.start
                     raise LstmgenError(
                         f"corpus {self.path} is not valid UTF-8 (byte offset {position}); convert it to UTF-8 "
-                        "or pass --errors replace"
+                        f"or pass {ERRORS_REPLACE}"
                     ) from None
                 offset += len(chunk)
                 self.bytes_read = offset
@@ -288,142 +314,158 @@ def encode_corpus(
     Files are written atomically; tokens.json is written last, so a directory whose sidecar
     matches its tokens.bin is always complete.
     """
-    if documents not in ("file", "blank-line"):
-        raise LstmgenError(f"--documents must be file or blank-line, not {documents!r}")
-    blank_lines = documents == "blank-line"
+    if documents not in DOCUMENTS:
+        raise LstmgenError(f"{ref(TokenizerConfig, 'documents')} must be one of {', '.join(DOCUMENTS)}, not {documents!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     readers = [CorpusReader(p, errors) for p in paths]
     total_bytes = sum(r.size for r in readers)
-    dtype = token_dtype(tokenizer.vocab_size)
-    split_at_byte = int(round(total_bytes * (1.0 - val_fraction)))
-    eos = np.array([tokenizer.eos_id], dtype=dtype)
-    num_tokens = 0
-    bytes_done = 0
-    chars_done = 0
-    split: dict[str, int] | None = None
-    files: list[dict[str, Any]] = []
-    token_digest = hashlib.sha256()
-    fast_encode = _array_encoder(tokenizer, dtype)
-
-    def write(handle: Any, array: np.ndarray) -> None:
-        nonlocal num_tokens
-        data = array.tobytes()
-        handle.write(data)
-        token_digest.update(data)
-        num_tokens += len(array)
-
-    def encode_lines(handle: Any, batch: list[str], separators: list[list[int] | None] | None = None) -> int:
-        """Encode a batch of lines, write their ids, note the split point; returns its characters.
-
-        separators[i], when given and not None, replaces line i's ids (a document separator)."""
-        nonlocal bytes_done, chars_done
-        batch_bytes = len("".join(batch).encode("utf-8", errors="surrogatepass"))
-        if fast_encode is None or (split is None and bytes_done + batch_bytes > split_at_byte):
-            return encode_lines_per_line(handle, batch, separators)
-        write(handle, _encode_runs(fast_encode, dtype, batch, separators))
-        batch_chars = sum(map(len, batch))
-        bytes_done += batch_bytes
-        chars_done += batch_chars
-        return batch_chars
-
-    def encode_lines_per_line(handle: Any, batch: list[str], separators: list[list[int] | None] | None) -> int:
-        """encode_lines with per-line ids, for the batch holding the split point (or without a word encoder)."""
-        nonlocal bytes_done, chars_done, split
-        if separators is None:
-            encoded = tokenizer.encode_batch(batch)
-        else:
-            texts = iter(tokenizer.encode_batch([line for line, ids in zip(batch, separators) if ids is None]))
-            encoded = [next(texts) if ids is None else ids for ids in separators]
-        sizes = [len(line.encode("utf-8", errors="surrogatepass")) for line in batch]
-        if split is None and bytes_done + sum(sizes) > split_at_byte:
-            # The validation split starts at the first line that begins at or after split_at_byte.
-            offset, tokens_before, chars_before = bytes_done, num_tokens, chars_done
-            for line, size, ids in zip(batch, sizes, encoded):
-                if offset >= split_at_byte:
-                    split = {"index": tokens_before, "bytes": offset, "chars": chars_before}
-                    break
-                offset += size
-                tokens_before += len(ids)
-                chars_before += len(line)
-        count = sum(len(ids) for ids in encoded)
-        write(handle, np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=count))
-        batch_chars = sum(len(line) for line in batch)
-        bytes_done += sum(sizes)
-        chars_done += batch_chars
-        return batch_chars
-
+    encoder = _CorpusEncoder(tokenizer, split_at_byte=int(round(total_bytes * (1.0 - val_fraction))), blank_lines=documents == "blank-line")
     with atomic_writer(directory / "tokens.bin") as handle:
-        for reader in readers:
-            file_tokens_start = num_tokens
-            file_chars = 0
-            batch: list[str] = []
-            batch_chars = 0
-            separators: list[list[int] | None] | None = [] if blank_lines else None
-            at_line_start, in_document = True, False
-            for line in reader.lines():
-                if separators is not None:
-                    # documents="blank-line": a run of blank lines ends a document; one EOS stands for it.
-                    if at_line_start and line.endswith("\n") and line.isspace():
-                        separators.append([tokenizer.eos_id] if in_document else [])
-                        in_document = False
-                    else:
-                        separators.append(None)
-                        at_line_start, in_document = line.endswith("\n"), True
-                batch.append(line)
-                batch_chars += len(line)
-                if batch_chars >= ENCODE_BATCH_CHARS:
-                    file_chars += encode_lines(handle, batch, separators)
-                    batch, batch_chars = [], 0
-                    separators = [] if blank_lines else None
-                    if on_progress:
-                        on_progress(bytes_done, total_bytes)
-            file_chars += encode_lines(handle, batch, separators)
-            if in_document or not blank_lines:
-                write(handle, eos)
-            if on_progress:
-                on_progress(bytes_done, total_bytes)
-            files.append(
-                {
-                    "path": str(reader.path),
-                    "sha256": reader.sha256,
-                    "bytes": reader.size,
-                    "chars": file_chars,
-                    "tokens": num_tokens - file_tokens_start,
-                }
-            )
+        files = [encoder.encode_file(handle, reader, lambda done: on_progress(done, total_bytes) if on_progress else None) for reader in readers]
         # Checked before tokens.bin is renamed into place: a refused corpus leaves an earlier encoding intact.
-        if split is None or split["index"] < 2 or split["index"] >= num_tokens - 1:
-            raise LstmgenError(
-                f"the corpus is too small to hold out a validation split ({num_tokens} tokens); give more text or a larger --val-fraction"
-            )
+        encoder.check_split(val_fraction)
         # The old sidecar must never describe the new tokens.bin (tokens.json is written last).
         remove_quietly(directory / "tokens.json")
     tokenizer.save(directory / "tokenizer.model")
+    split = encoder.split
+    assert split is not None
     meta = {
         "format": TOKENS_FORMAT,
         "version": TOKENS_VERSION,
         "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype.name,
-        "num_tokens": num_tokens,
-        "tokens_sha256": token_digest.hexdigest(),
+        "dtype": encoder.dtype.name,
+        "num_tokens": encoder.num_tokens,
+        "tokens_sha256": encoder.digest.hexdigest(),
         "corpus_sha256": corpus_digest([f["sha256"] for f in files]),
         "files": files,
-        "total_bytes": bytes_done,
-        "total_chars": chars_done,
+        "total_bytes": encoder.bytes_done,
+        "total_chars": encoder.chars_done,
         "split": {
             "val_fraction": val_fraction,
             "index": split["index"],
             "train_bytes": split["bytes"],
             "train_chars": split["chars"],
-            "val_bytes": bytes_done - split["bytes"],
-            "val_chars": chars_done - split["chars"],
+            "val_bytes": encoder.bytes_done - split["bytes"],
+            "val_chars": encoder.chars_done - split["chars"],
         },
         "tokenizer": tokenizer_settings,
         "tokenizer_sha256": hashlib.sha256(tokenizer.model_proto).hexdigest(),
     }
     atomic_write_text(directory / "tokens.json", json.dumps(meta, indent=2) + "\n")
     return TokenizedCorpus(directory, meta)
+
+
+class _CorpusEncoder:
+    """Writes the ids of corpus files to tokens.bin as they are read, counting tokens, bytes and characters.
+
+    The validation split starts at the first line that begins at or after `split_at_byte`. Lines are
+    encoded in batches of about ENCODE_BATCH_CHARS (through the word cache or SentencePiece's arrays
+    where the tokenizer has them); the batch holding the split point is encoded line by line, so
+    that the split falls between two lines' ids.
+    """
+
+    def __init__(self, tokenizer: Any, split_at_byte: int, blank_lines: bool) -> None:
+        self.tokenizer = tokenizer
+        self.split_at_byte = split_at_byte
+        self.blank_lines = blank_lines
+        self.dtype = token_dtype(tokenizer.vocab_size)
+        self.fast_encode = _array_encoder(tokenizer, self.dtype)
+        self.eos = np.array([tokenizer.eos_id], dtype=self.dtype)
+        self.num_tokens = self.bytes_done = self.chars_done = 0
+        self.split: dict[str, int] | None = None
+        self.digest = hashlib.sha256()
+        #: For the message when no line starts in the held-out tail: line breaks seen, and bare CRs after the split point.
+        self.line_breaks = 0
+        self.carriage_returns_in_tail = False
+
+    def encode_file(self, handle: Any, reader: CorpusReader, progress: Callable[[int], None]) -> dict[str, Any]:
+        """Encode one file (a document, then EOS; blank-line runs also end documents); its record for tokens.json."""
+        tokens_before, chars, batch_chars = self.num_tokens, 0, 0
+        batch: list[str] = []
+        separators: list[list[int] | None] | None = [] if self.blank_lines else None
+        at_line_start, in_document = True, False
+        for line in reader.lines():
+            if separators is not None:
+                # documents="blank-line": a run of blank lines ends a document; one EOS stands for it.
+                if at_line_start and line.endswith("\n") and line.isspace():
+                    separators.append([self.tokenizer.eos_id] if in_document else [])
+                    in_document = False
+                else:
+                    separators.append(None)
+                    at_line_start, in_document = line.endswith("\n"), True
+            batch.append(line)
+            batch_chars += len(line)
+            if batch_chars >= ENCODE_BATCH_CHARS:
+                chars += self._encode_batch(handle, batch, separators)
+                batch, batch_chars, separators = [], 0, [] if self.blank_lines else None
+                progress(self.bytes_done)
+        chars += self._encode_batch(handle, batch, separators)
+        if in_document or not self.blank_lines:
+            self._write(handle, self.eos)
+        progress(self.bytes_done)
+        return {"path": str(reader.path), "sha256": reader.sha256, "bytes": reader.size, "chars": chars, "tokens": self.num_tokens - tokens_before}
+
+    def _write(self, handle: Any, array: np.ndarray) -> None:
+        data = array.tobytes()
+        handle.write(data)
+        self.digest.update(data)
+        self.num_tokens += len(array)
+
+    def _encode_batch(self, handle: Any, batch: list[str], separators: list[list[int] | None] | None) -> int:
+        """Encode a batch of lines and write their ids; returns its characters.
+
+        separators[i], when given and not None, replaces line i's ids (a document separator)."""
+        sizes = [len(line.encode("utf-8", errors="surrogatepass")) for line in batch]
+        self.line_breaks += sum(line.endswith("\n") for line in batch)
+        if self.bytes_done + sum(sizes) > self.split_at_byte:
+            self.carriage_returns_in_tail = self.carriage_returns_in_tail or any("\r" in line for line in batch)
+        if self.fast_encode is not None and (self.split is not None or self.bytes_done + sum(sizes) <= self.split_at_byte):
+            self._write(handle, _encode_runs(self.fast_encode, self.dtype, batch, separators))
+        else:
+            encoded = self._line_ids(batch, separators)
+            if self.split is None:
+                self._note_split(batch, sizes, encoded)
+            count = sum(len(ids) for ids in encoded)
+            self._write(handle, np.fromiter(itertools.chain.from_iterable(encoded), dtype=self.dtype, count=count))
+        batch_chars = sum(map(len, batch))
+        self.bytes_done += sum(sizes)
+        self.chars_done += batch_chars
+        return batch_chars
+
+    def _line_ids(self, batch: list[str], separators: list[list[int] | None] | None) -> list[list[int]]:
+        if separators is None:
+            return self.tokenizer.encode_batch(batch)
+        texts = iter(self.tokenizer.encode_batch([line for line, ids in zip(batch, separators) if ids is None]))
+        return [next(texts) if ids is None else ids for ids in separators]
+
+    def _note_split(self, batch: list[str], sizes: list[int], encoded: list[list[int]]) -> None:
+        """The validation split starts at the first line of the batch that begins at or after split_at_byte."""
+        offset, tokens, chars = self.bytes_done, self.num_tokens, self.chars_done
+        for line, size, ids in zip(batch, sizes, encoded):
+            if offset >= self.split_at_byte:
+                self.split = {"index": tokens, "bytes": offset, "chars": chars}
+                return
+            offset += size
+            tokens += len(ids)
+            chars += len(line)
+
+    def check_split(self, val_fraction: float) -> None:
+        """Refuse a corpus whose split is impossible, saying why: too little text, or no line starting in the tail."""
+        more = f"give more text or a larger {ref(TrainConfig, 'val_fraction')}"
+        if self.split is None and self.num_tokens > 16:
+            share = f"{val_fraction:.0%}"
+            if self.carriage_returns_in_tail:
+                raise LstmgenError(f"no line starts in the last {share} of the corpus, where the validation split begins: its lines there end with a "
+                                   "bare carriage return (CR), which is not a line break here; convert the line endings (e.g. "
+                                   "`perl -pe 's/\\r\\n?/\\n/g' in.txt > out.txt`), or give a larger " + ref(TrainConfig, "val_fraction"))
+            if not self.line_breaks:
+                raise LstmgenError("the corpus is one single line, and the validation split starts at a line; break the text into lines "
+                                   f"(the last {share} must hold at least one line start)")
+            raise LstmgenError(f"no line starts in the last {share} of the corpus, where the validation split begins (its last line is too "
+                               f"long); break that line into lines, or give a larger {ref(TrainConfig, 'val_fraction')}")
+        if self.split is None or self.split["index"] < 2 or self.split["index"] >= self.num_tokens - 1:
+            raise LstmgenError(f"the corpus is too small to hold out a validation split ({self.num_tokens} tokens); {more}")
 
 
 def _array_encoder(tokenizer: Any, dtype: np.dtype) -> Callable[[list[str]], np.ndarray] | None:
@@ -636,7 +678,7 @@ class StreamBatcher:
         if self.windows_per_epoch(0) < 1:
             raise LstmgenError(
                 f"the training split ({len(tokens)} tokens) is shorter than one batch of {num_streams} streams × "
-                f"{seq_len + 1} tokens; give more text or lower --batch-size / --seq-len"
+                f"{seq_len + 1} tokens; give more text or lower {ref(TrainConfig, 'batch_size')} / {ref(TrainConfig, 'seq_len')}"
             )
         self.reset_kind = "paragraph"
         self.reset_probability = 0.0
@@ -699,10 +741,8 @@ def split_streams(num_tokens: int, num_streams: int) -> list[tuple[int, int]]:
 
 
 def remove_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 # -- tokenize: train a tokenizer and encode, or reuse an up-to-date encoding ----------------------------
@@ -774,7 +814,6 @@ def tokenize_files(corpus: Sequence[Path | str], output: Path | str | None = Non
     Returns the summary `tokenize --json` prints."""
     import time
 
-    from .config import RunOptions, TokenizerConfig, TrainConfig
     from .fsutil import check_output_directory, declare_input
     from .tokenizer import train_tokenizer
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import bz2
 import itertools
-import lzma
 import logging
+import lzma
 import math
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -125,7 +125,7 @@ def _stream_bounds(tokens: np.ndarray, num_streams: int, fresh_starts: FreshStar
             lines = fresh_starts.positions(tokens, "line") if lines is None else lines
             cut = _first_at_or_after(lines, target, limit)
         cuts.append(cut if cut is not None else target)
-    unique = sorted(set(cuts))  # type: ignore[arg-type]
+    unique = sorted(set(cuts))
     bounds = [(first - 1, end - 1) for first, end in zip(unique, unique[1:] + [targets_total + 1])]
     return [b for b in bounds if b[1] > b[0]], True
 
@@ -600,7 +600,7 @@ def heatmap_spans(tokenizer: Tokenizer, surprisal: TokenSurprisal) -> list[Any]:
     from .visualize import Span
 
     spans = []
-    for piece in group_pieces(tokenizer, surprisal.tokens, start=1):
+    for piece in group_pieces(tokenizer, surprisal.tokens.tolist(), start=1):
         bits = float(surprisal.surprisal_bits[piece.first - 1 : piece.last].sum())
         position = piece.first - 1
         actual = int(surprisal.tokens[piece.first])

@@ -13,7 +13,6 @@ This module imports nothing heavy: `lstmgen --help` builds its parameters from i
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 from collections.abc import Sequence
@@ -56,8 +55,12 @@ class Option:
 
     @property
     def ref(self) -> str:
-        """This option as a message names it: the keyword in Python, the flag on the command line."""
-        return option_mark(self.name, self.flag or self.name)
+        """This option as a message names it: the keyword in Python, the flag on the command line.
+
+        A boolean reads as set (`overwrite=True` / `--overwrite`): messages name a switch to tell the reader to use it."""
+        if self.kind == "bool":
+            return self.ref_to(True)
+        return option_mark(self.name, self.short or self.flag or self.name)
 
     def ref_to(self, value: bool) -> str:
         """A boolean option set to `value`, as a message tells the reader to set it (`--no-x` / `x=False`)."""
@@ -132,8 +135,7 @@ def option(default: Any = dataclasses.MISSING, *, default_factory: Any = datacla
     return dataclasses.field(default=default, metadata=metadata)
 
 
-@functools.cache
-def declared(cls: type) -> tuple[Option, ...]:
+def declared(cls: Any) -> tuple[Option, ...]:
     """The options of a config dataclass, completed from their fields (name, kind, flag, default)."""
     found = []
     for f in dataclasses.fields(cls):
@@ -150,11 +152,11 @@ def declared(cls: type) -> tuple[Option, ...]:
     return tuple(found)
 
 
-def declared_by_name(cls: type) -> dict[str, Option]:
+def declared_by_name(cls: Any) -> dict[str, Option]:
     return {o.name: o for o in declared(cls)}
 
 
-def ref(cls: type, name: str) -> str:
+def ref(cls: Any, name: str) -> str:
     """The field `name` of `cls` as a message names it (see Option.ref)."""
     return declared_by_name(cls)[name].ref
 

@@ -151,9 +151,9 @@ class Int8LSTMLanguageModel:
         cached = self._quantized_state
         previous = cached[1] if cached is not None and cached[0] is h_all else None
         new_h, new_c, quantized = [], [], []
-        x = x_q = None
+        x_q: tuple[torch.Tensor, torch.Tensor] | None = None
         for layer, (ih, hh) in enumerate(self.layers):
-            if layer == 0:
+            if x_q is None:  # layer 0 reads the embedding rows, quantized at load
                 inputs = ih.matmul(self.embedding_q[tokens], self.embedding_scale[tokens])
             else:
                 inputs = ih.matmul(*x_q)
@@ -164,8 +164,9 @@ class Int8LSTMLanguageModel:
             new_h.append(x)
             new_c.append(c)
             quantized.append(x_q)
+        assert x_q is not None
         if self.projection is not None:
-            logits = self.head(self.projection(x))
+            logits = self.head(self.projection(new_h[-1]))
         else:
             logits = self.head.matmul(*x_q)
         new_state = (torch.stack(new_h), torch.stack(new_c))
@@ -179,9 +180,9 @@ class Int8LSTMLanguageModel:
         h_all, c_all = state if state is not None else self.initial_state(batch)
         flat = tokens.reshape(-1)
         new_h, new_c = [], []
-        x = None
+        x: torch.Tensor | None = None
         for layer, (ih, hh) in enumerate(self.layers):
-            if layer == 0:
+            if x is None:  # layer 0 reads the embedding rows, quantized at load
                 inputs = ih.matmul(self.embedding_q[flat], self.embedding_scale[flat]).view(batch, time, -1)
             else:
                 inputs = ih(x.reshape(batch * time, -1)).view(batch, time, -1)
@@ -193,5 +194,6 @@ class Int8LSTMLanguageModel:
             x = torch.stack(outputs, dim=1)
             new_h.append(h)
             new_c.append(c)
+        assert x is not None
         logits = self._head(x.reshape(batch * time, -1)).view(batch, time, -1)
         return logits, (torch.stack(new_h), torch.stack(new_c))

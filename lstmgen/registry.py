@@ -228,7 +228,7 @@ def _resolve_value(value: str, env: Mapping[str, str], builtin_dir: Path | None)
 
 def is_model_name(value: str) -> bool:
     """A bare name such as `tang`: no directory part and no suffix (anything else is a path)."""
-    separators = {os.sep, os.altsep} - {None}
+    separators = {sep for sep in (os.sep, os.altsep) if sep}
     return bool(value) and not any(sep in value for sep in separators) and not Path(value).suffix and value not in (".", "..")
 
 

@@ -28,8 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .config import (TRAINING_SECTIONS, ModelConfig, RunOptions, TokenizerConfig, TrainConfig, apply_settings, from_dict,
-                     load_config_file, parse_duration, to_dict)
+from .config import (
+    TRAINING_SECTIONS,
+    ModelConfig,
+    RunOptions,
+    TokenizerConfig,
+    TrainConfig,
+    apply_settings,
+    from_dict,
+    load_config_file,
+    parse_duration,
+    to_dict,
+)
 from .errors import LstmgenError
 from .options import declared, declared_by_name, ref
 
@@ -104,6 +114,7 @@ class _Plan:
         use_threads(self.train_config.threads)
         self.tokenizer_config = self._tokenizer_config()
         self.init_bundle = self._init_bundle()
+        self._speed: float | None = None
 
     # -- before any work --------------------------------------------------------------------------
 
@@ -218,7 +229,7 @@ class _Plan:
                     shutil.rmtree(self.run_dir, ignore_errors=True)
                 raise
             if dry_run:
-                return _dry_run_report(model_config, self.train_config, corpus_data, self.device)
+                return _dry_run_report(model_config, self.train_config, corpus_data, self.device, self.speed(model_config))
             return self._train(corpus_data, model_config)
 
     def _train(self, corpus_data: Any, model_config: ModelConfig) -> Any:
@@ -331,9 +342,17 @@ class _Plan:
         if fresh and "hidden_size" in given and "embedding_size" not in given:
             config.embedding_size = given["hidden_size"]
         if fresh and "dropout" not in given and "dropout" not in file_model:
-            config.dropout = budget_dropout(config, self.train_config, corpus_data.split, self.device, self.group.broadcast_float)
+            config.dropout = budget_dropout(config, self.train_config, corpus_data.split, lambda: self.speed(config))
         config.validate()
         return config
+
+    def speed(self, model_config: ModelConfig) -> float:
+        """Training tokens/s of the model, measured once per run (all ranks of a distributed run use rank 0's figure)."""
+        if self._speed is None:
+            from .sizing import measure_tokens_per_second
+
+            self._speed = self.group.broadcast_float(measure_tokens_per_second(model_config, self.train_config, self.device))
+        return self._speed
 
 
 def _split_options(options: dict[str, Any]) -> tuple[RunOptions, dict[str, dict[str, Any]]]:
@@ -372,12 +391,11 @@ def _check_corpus_fits_a_batch(train_tokens: int, config: TrainConfig) -> None:
         )
 
 
-def _dry_run_report(model_config: ModelConfig, train_config: TrainConfig, corpus_data: Any, device: Any) -> dict[str, Any]:
-    """The resolved configuration, the parameter count and a measured training speed."""
+def _dry_run_report(model_config: ModelConfig, train_config: TrainConfig, corpus_data: Any, device: Any, speed: float) -> dict[str, Any]:
+    """The resolved configuration, the parameter count and the measured training speed."""
     import torch
 
     from .model import LSTMLanguageModel
-    from .sizing import measure_tokens_per_second
 
     return {
         "model": to_dict(model_config),
@@ -388,7 +406,7 @@ def _dry_run_report(model_config: ModelConfig, train_config: TrainConfig, corpus
         "val_tokens": corpus_data.num_tokens - corpus_data.split,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "estimated_tokens_per_second": round(measure_tokens_per_second(model_config, train_config, device)),
+        "estimated_tokens_per_second": round(speed),
     }
 
 

@@ -294,6 +294,15 @@ def _map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return tuple(_map_state(part, fn) for part in state)
 
 
+def _repeat_rows(state: Any, count: int) -> Any:
+    """Every row of the state `count` times (batch is dimension 1 of every tensor)."""
+    return _map_state(state, lambda s: s.repeat_interleave(count, dim=1)) if count > 1 else state
+
+
+def _select_rows(state: Any, rows: torch.Tensor) -> Any:
+    return _map_state(state, lambda s: s.index_select(1, rows))
+
+
 def _cat_states(states: Sequence[Any]) -> Any:
     """Stack the states of several batches into one (batch is dimension 1 of every tensor)."""
     first = states[0]
@@ -389,7 +398,7 @@ class Sampler:
             if shared is not None:
                 logits, state, history = shared
                 logits = logits.repeat(count, 1)
-                state = _map_state(state, lambda s: s.repeat_interleave(count, dim=1) if count > 1 else s)
+                state = _repeat_rows(state, count)
                 histories = [history] * count
             else:
                 reads = [self.read_prompt(prompt) for prompt in prompts[begin : begin + count]]
@@ -445,7 +454,7 @@ class Sampler:
                     return
                 rows = torch.tensor(keep, dtype=torch.long, device=choice.device)
                 choice = choice[rows]
-                state = _map_state(state, lambda s: s.index_select(1, rows))
+                state = _select_rows(state, rows)
                 if recent is not None:
                     recent.select(rows)
                 if uniforms is not None:

@@ -42,19 +42,19 @@ LONG_RUN_EPOCHS = 15.0
 LONG_RUN_DROPOUT = 0.3
 
 
-def budget_dropout(model_config: ModelConfig, config: TrainConfig, train_tokens: int, device: torch.device,
-                   agree: Callable[[float], float] = float) -> float:
+def budget_dropout(model_config: ModelConfig, config: TrainConfig, train_tokens: int, speed: Callable[[], float]) -> float:
     """The model's dropout, raised to LONG_RUN_DROPOUT when the budget buys LONG_RUN_EPOCHS passes or more.
 
-    A time budget is turned into tokens by timing a few real steps of this model (`agree` makes all
-    ranks of a distributed run use rank 0's measurement).
+    A time budget is turned into tokens with `speed()`, the measured training tokens per second
+    (`measure_tokens_per_second`; called only for a time budget).
     """
+    planned: float
     if config.max_steps is not None:
         planned = config.max_steps * config.batch_size * config.seq_len
     elif config.epochs is not None:
         planned = config.epochs * train_tokens
     elif config.max_time is not None:
-        planned = config.max_time * agree(measure_tokens_per_second(model_config, config, device))
+        planned = config.max_time * speed()
     else:
         return model_config.dropout
     if planned / max(train_tokens, 1) >= LONG_RUN_EPOCHS:
@@ -62,26 +62,46 @@ def budget_dropout(model_config: ModelConfig, config: TrainConfig, train_tokens:
     return model_config.dropout
 
 
-def measure_tokens_per_second(model_config: ModelConfig, config: TrainConfig, device: torch.device, steps: int = 4) -> float:
-    """Training tokens/s of this model and batch shape: the median of a few real steps on random tokens."""
-    from .model import LSTMLanguageModel
+#: The speed probe warms up for this long (oneDNN builds its kernels at the first calls), then times steps for this long.
+PROBE_WARMUP_SECONDS = 0.5
+PROBE_SECONDS = 1.5
+
+
+def measure_tokens_per_second(model_config: ModelConfig, config: TrainConfig, device: torch.device, seconds: float = PROBE_SECONDS) -> float:
+    """Training tokens/s of this model and batch shape, timed on real training steps of random tokens.
+
+    The steps are the trainer's (fused AdamW, gradient clipping, the state carried from window to
+    window); the first ones, slow while kernels are prepared, are not counted. Takes about two
+    seconds whatever the model: steps are counted for `seconds`, at least three of them.
+    """
+    from .model import LSTMLanguageModel, detach_state
+    from .schedule import make_optimizer
 
     use_threads(config.threads)
-    model = LSTMLanguageModel(model_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = LSTMLanguageModel(model_config).to(device).train()
+    optimizer = make_optimizer([{"params": list(model.parameters()), "weight_decay": config.weight_decay}], 1e-4, device)
     tokens = torch.randint(3, model_config.vocab_size, (config.batch_size, config.seq_len + 1), device=device)
-    timings = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        logits, _ = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-        optimizer.zero_grad()
+    state = None
+
+    def step() -> None:
+        nonlocal state
+        logits, new_state = model(tokens[:, :-1], state)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        state = detach_state(new_state)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        timings.append(time.perf_counter() - started)
-    later = sorted(timings[1:])
-    return config.batch_size * config.seq_len / later[len(later) // 2]
 
-
+    started = time.perf_counter()
+    for count in range(1000):
+        step()
+        if count >= 1 and time.perf_counter() - started >= PROBE_WARMUP_SECONDS:
+            break
+    started, steps = time.perf_counter(), 0
+    while steps < 3 or (time.perf_counter() - started < seconds and steps < 1000):
+        step()
+        steps += 1
+    return steps * config.batch_size * config.seq_len / (time.perf_counter() - started)

@@ -22,11 +22,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from .config import TokenizerConfig
 from .errors import LstmgenError
+from .options import ref
 
 log = logging.getLogger("lstmgen")
 
@@ -249,10 +251,10 @@ class WordEncoder:
         missing = distinct.difference(self._cache)
         if missing:
             self._learn(list(missing))
-        values = list(map(self._cache.__getitem__, words))
+        values: list[bytes | None] = list(map(self._cache.__getitem__, words))
         if not self._unsafe.isdisjoint(distinct):
             self._encode_unsafe_texts(words, values)
-        return b"".join(values)
+        return b"".join(cast(list[bytes], values))  # every None was replaced by its text's encoding
 
     def _learn(self, words: list[str]) -> None:
         for word, ids in zip(words, self._tokenizer.encode_batch(words)):
@@ -328,6 +330,7 @@ def _proto_fields(data: bytes) -> Iterable[tuple[int, bytes | int | None]]:
     while position < len(data):
         key, position = _varint(data, position)
         wire = key & 7
+        value: bytes | int | None
         if wire == 0:
             value, position = _varint(data, position)
         elif wire == 2:
@@ -415,9 +418,9 @@ def train_tokenizer(lines: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     vocab_size = config.vocab_size if config.vocab_size is not None else default_vocab_size(stats, coverage, config.model_type)
     if vocab_size < minimum:
         raise LstmgenError(
-            f"--vocab-size {vocab_size} is too small for this corpus: it needs at least {minimum} "
+            f"{ref(TokenizerConfig, 'vocab_size')} {vocab_size} is too small for this corpus: it needs at least {minimum} "
             f"({NUM_BYTE_PIECES} byte pieces, {NUM_SPECIAL_PIECES} special pieces and "
-            f"{minimum - NUM_BYTE_PIECES - NUM_SPECIAL_PIECES} characters); use --vocab-size {minimum} or more"
+            f"{minimum - NUM_BYTE_PIECES - NUM_SPECIAL_PIECES} characters); use {ref(TokenizerConfig, 'vocab_size')} {minimum} or more"
         )
     writer = io.BytesIO()
     try:
@@ -446,7 +449,7 @@ def train_tokenizer(lines: Iterable[str], config: TokenizerConfig) -> Tokenizer:
             minloglevel=2,
         )
     except RuntimeError as error:
-        raise LstmgenError(f"SentencePiece could not train a tokenizer on this corpus ({str(error).splitlines()[0][:200]}); try another --vocab-size or --model-type") from None
+        raise LstmgenError(f"SentencePiece could not train a tokenizer on this corpus ({str(error).splitlines()[0][:200]}); try another {ref(TokenizerConfig, 'vocab_size')} or {ref(TokenizerConfig, 'model_type')}") from None
     tokenizer = Tokenizer(writer.getvalue())
     if tokenizer.vocab_size != vocab_size:
         log.warning(

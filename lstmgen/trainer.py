@@ -158,7 +158,7 @@ class Trainer:
         )
         self.autocast_dtype = resolve_precision(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
-        self.forward = self.model
+        self.forward: Any = self.model
         if config.compile:
             from .cells import prepare_for_compile
 
@@ -323,10 +323,10 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state = detach_state(state)
-        value = loss.detach()
+        reduced = loss.detach()
         if self.group.enabled:
-            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.AVG)
-        value = value.item()
+            torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.AVG)
+        value = float(reduced.item())
         if not math.isfinite(value):
             raise LstmgenError(
                 f"training diverged at step {self.progress.step + 1} (loss {value}); lower {ref(TrainConfig, 'learning_rate')} (now {self.config.learning_rate:g}) and start again"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import html.parser
 import json
 import os
+import shutil
+import stat
+import struct
 import subprocess
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,3 +334,214 @@ def fast_cli(tmp_path_factory: pytest.TempPathFactory):
     server = CliServer(tmp_path_factory.mktemp("cli-server"), exec_mode=os.environ.get("LSTMGEN_TEST_EXEC") == "1")
     yield server
     server.close()
+
+
+# -- reading bundles as the specification describes them (test_bundle_numpy, test_cells) --
+
+
+SAMPLE_TEXT = "First Citizen:\nBefore we proceed ▁ any further, hear me speak 😀.\n\nAll:\nSpeak, ▁▁speak.\n"
+
+
+def read_bundle_members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        assert sorted(names) == ["lstmgen.json", "model.safetensors", "tokenizer.model"]
+        assert len(names) == len(set(names))
+        return {name: archive.read(name) for name in names}
+
+
+def parse_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """8-byte little-endian header length, JSON header, then raw little-endian tensor data."""
+    (header_length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_length].decode("utf-8"))
+    body = memoryview(data)[8 + header_length :]
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        raw = bytes(body[begin:end])
+        shape = tuple(entry["shape"])
+        if entry["dtype"] == "F32":
+            array = np.frombuffer(raw, dtype="<f4")
+        elif entry["dtype"] == "F16":
+            array = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+        elif entry["dtype"] == "BF16":
+            # bfloat16 is the top half of a float32.
+            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:  # pragma: no cover - the document allows only these three
+            raise AssertionError(f"unexpected dtype {entry['dtype']}")
+        assert array.size == int(np.prod(shape, dtype=np.int64))
+        tensors[name] = array.reshape(shape).astype(np.float64)
+    return tensors
+
+
+# -- HTML pages and their screenshots (test_eval_context, test_inspect) --
+
+
+class PageText(html.parser.HTMLParser):
+    """The text of the page's #text element without the ↵ glyphs, and what the page loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.glyph_depth = 0
+        self.text: list[str] = []
+        self.spans = 0
+        self.external: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attributes = dict(attrs)
+        for name in ("src", "href"):
+            if attributes.get(name):
+                self.external.append(attributes[name])
+        if tag == "script":
+            self.scripts += 1
+        if self.depth:
+            self.depth += 1
+            if "nl" in (attributes.get("class") or "").split():
+                self.glyph_depth = self.depth
+            if "t" in (attributes.get("class") or "").split():
+                self.spans += 1
+        elif attributes.get("id") == "text":
+            self.depth = 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.depth:
+            if self.glyph_depth == self.depth:
+                self.glyph_depth = 0
+            self.depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.depth and not self.glyph_depth:
+            self.text.append(data)
+
+
+def check_page(path: Path, text: str) -> PageText:
+    page = path.read_text()
+    parser = PageText()
+    parser.feed(page)
+    assert "".join(parser.text) == text
+    assert parser.external == [] and "http://" not in page.split("<body>")[1] and "https://" not in page
+    assert parser.scripts == 2 and "<style>" in page
+    return parser
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    """Run headless chromium on `url` with no network, sync or first-run work; a fresh profile."""
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1000,700", *args, url]
+    return subprocess.run(command, capture_output=True, timeout=120, text=True)
+
+
+def read_png(path: Path) -> tuple[int, int, list[bytes]]:
+    """Decode an 8-bit, non-interlaced RGB or RGBA PNG: (width, height, rows of RGB bytes). Pure Python."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, chunks, header = 8, [], None
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            chunks.append(body)
+        position += 12 + length
+    width, height, depth, color_type, _, _, interlace = header
+    assert depth == 8 and color_type in (2, 6) and interlace == 0, header
+    channels = 3 if color_type == 2 else 4
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels
+    rows, previous = [], bytearray(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for x in range(stride):
+            left = line[x - channels] if x >= channels else 0
+            up = previous[x]
+            corner = previous[x - channels] if x >= channels else 0
+            if kind == 1:
+                line[x] = (line[x] + left) & 0xFF
+            elif kind == 2:
+                line[x] = (line[x] + up) & 0xFF
+            elif kind == 3:
+                line[x] = (line[x] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[x] = (line[x] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
+        previous = line
+        rows.append(bytes(line) if channels == 3 else bytes(b for i, b in enumerate(line) if i % 4 != 3))
+    return width, height, rows
+
+
+def colour_counts(rows: list[bytes], step: int = 2) -> dict[tuple[int, int, int], int]:
+    counts: dict[tuple[int, int, int], int] = {}
+    for row in rows[::step]:
+        for x in range(0, len(row), 3 * step):
+            pixel = (row[x], row[x + 1], row[x + 2])
+            counts[pixel] = counts.get(pixel, 0) + 1
+    return counts
+
+
+# -- hostile files and what must stay as it was (test_hostile_cli, test_malicious_files) --
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under `root`: kind, size, content hash and modification time.
+
+    A run directory's `lock` holds the pid of the last run that opened it; it is bookkeeping, not data.
+    """
+    entries: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            if path.name == "lock" and path.parent.name.endswith(".run"):
+                entries[relative] = ("lock",)
+                continue
+            entries[relative] = ("file", info.st_size, hashlib.sha256(path.read_bytes()).hexdigest(), info.st_mtime_ns)
+        elif stat.S_ISDIR(info.st_mode):
+            entries[relative] = ("dir",)
+        else:
+            entries[relative] = ("other", stat.S_IFMT(info.st_mode))
+    return entries
+
+
+def assert_refused(result, fragment: str | tuple[str, ...], progress_ok: bool = False) -> None:
+    """Exit 2, empty stdout, one `error:` line at the end that contains `fragment` (or one of them), no traceback."""
+    context = f"\nexit {result.returncode}\nstdout: {result.stdout[:500]!r}\nstderr: {result.stderr[-3000:]}"
+    assert not getattr(result, "timed_out", False), "timed out" + context
+    assert result.returncode == 2, context
+    assert result.stdout == "", context
+    assert "Traceback" not in result.stderr, context
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert lines[-1].startswith("error: "), context
+    fragments = (fragment,) if isinstance(fragment, str) else fragment
+    assert any(f.lower() in lines[-1].lower() for f in fragments), f"expected {fragment!r}" + context
+    assert sum(line.startswith("error") for line in lines) == 1, context
+    if not progress_ok:
+        assert len(lines) == 1, "expected exactly one line on stderr" + context
+
+
+def members_of(bundle: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(bundle) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def write_zip(path: Path, items: list[tuple[str, bytes]] | dict[str, bytes]) -> None:
+    import warnings
+
+    pairs = list(items.items()) if isinstance(items, dict) else items
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are the point of some cases
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in pairs:
+                archive.writestr(name, data)

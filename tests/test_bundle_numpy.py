@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from .conftest import SAMPLE_TEXT, parse_safetensors, read_bundle_members
 from lstmgen.bundle import load_bundle, save_bundle
 from lstmgen.config import ModelConfig, TokenizerConfig
 from lstmgen.model import LSTMLanguageModel
@@ -27,44 +27,13 @@ CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "tinyshakespeare.t
 EOS_ID = 2
 START_ID = 1
 META_CHAR = "\u2581"
-SAMPLE_TEXT = "First Citizen:\nBefore we proceed ▁ any further, hear me speak 😀.\n\nAll:\nSpeak, ▁▁speak.\n"
 
 
 # -- a reader that knows only the document ------------------------------------------------------
 
 
-def read_bundle_members(path: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        assert sorted(names) == ["lstmgen.json", "model.safetensors", "tokenizer.model"]
-        assert len(names) == len(set(names))
-        return {name: archive.read(name) for name in names}
 
 
-def parse_safetensors(data: bytes) -> dict[str, np.ndarray]:
-    """8-byte little-endian header length, JSON header, then raw little-endian tensor data."""
-    (header_length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + header_length].decode("utf-8"))
-    body = memoryview(data)[8 + header_length :]
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        raw = bytes(body[begin:end])
-        shape = tuple(entry["shape"])
-        if entry["dtype"] == "F32":
-            array = np.frombuffer(raw, dtype="<f4")
-        elif entry["dtype"] == "F16":
-            array = np.frombuffer(raw, dtype="<f2").astype(np.float32)
-        elif entry["dtype"] == "BF16":
-            # bfloat16 is the top half of a float32.
-            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:  # pragma: no cover - the document allows only these three
-            raise AssertionError(f"unexpected dtype {entry['dtype']}")
-        assert array.size == int(np.prod(shape, dtype=np.int64))
-        tensors[name] = array.reshape(shape).astype(np.float64)
-    return tensors
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

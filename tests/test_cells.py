@@ -149,7 +149,7 @@ def _model(cell: str, vocab: int = 50, embedding: int = 12, hidden: int = 16, la
 def test_config_cells() -> None:
     assert tuple(cells.CELLS) == CELLS == ("lstm", "gru", "paper")
     assert ModelConfig(vocab_size=10).cell == "lstm"
-    with pytest.raises(LstmgenError, match="--cell must be one of lstm, gru, paper"):
+    with pytest.raises(LstmgenError, match="^cell must be one of lstm, gru, paper"):
         ModelConfig(vocab_size=10, cell="rnn").validate()
 
 
@@ -372,7 +372,7 @@ def _numpy_step(meta: dict, t: dict, token: int, state: list) -> tuple:
 def test_bundle_format_document_runs_gru_and_paper(cell: str, embedding: int, tie: bool, tmp_path: Path, tokenizer) -> None:
     import numpy as np
 
-    from .test_bundle_numpy import SAMPLE_TEXT, parse_safetensors, read_bundle_members
+    from .conftest import SAMPLE_TEXT, parse_safetensors, read_bundle_members
 
     model = _model(cell, vocab=tokenizer.vocab_size, embedding=embedding, hidden=16, layers=2, tie=tie)
     path = tmp_path / f"{cell}.lstmgen"

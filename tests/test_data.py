@@ -150,3 +150,49 @@ def test_split_streams_covers_everything(n: int, k: int) -> None:
     parts = split_streams(n, k)
     assert parts[0][0] == 0 and parts[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+
+
+# -- messages that say the real cause (issue 19) -----------------------------------------------------
+
+
+def _tokenize(path: Path, tmp_path: Path) -> None:
+    tokenize_corpus([path], TokenizerConfig(vocab_size=300), tmp_path / "tok", 0.1)
+
+
+def test_a_single_line_corpus_is_refused_for_what_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "one.txt"
+    path.write_text("word " * 24_000)  # 120 kB without a line break
+    with pytest.raises(LstmgenError, match="^the corpus is one single line, and the validation split starts at a line; break the text"):
+        _tokenize(path, tmp_path)
+
+
+def test_bare_carriage_returns_in_the_tail_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(b"line one\r\n" * 9000 + b"line two\r" * 2000)  # CRLF, then old Mac line endings
+    with pytest.raises(LstmgenError, match=r"no line starts in the last 10% .* bare carriage return \(CR\).* convert the line endings"):
+        _tokenize(path, tmp_path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_text_in_another_encoding(tmp_path: Path, encoding: str) -> None:
+    from lstmgen.data import check_corpus_file
+
+    path = tmp_path / "u16.txt"
+    path.write_bytes(("hello world\nthis is text\n" * 200).encode(encoding))
+    name = encoding.upper().replace("UTF-16-", "UTF-16")
+    with pytest.raises(LstmgenError, match=f"looks like {name} text without a byte-order mark; convert it to UTF-8 first \\(iconv -f {name}"):
+        check_corpus_file(path)
+
+
+def test_a_corpus_appended_to_while_it_is_read_is_read_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "growing.txt"
+    path.write_text("first line\n" * 1000)
+    reader = CorpusReader(path)
+    with open(path, "a") as handle:
+        handle.write("appended while tokenizing\n" * 500)
+    text = "".join(reader.lines())
+    assert text == "first line\n" * 1000 and reader.bytes_read == reader.size == 11_000
+    shrinking = CorpusReader(path)
+    path.write_text("short\n")
+    with pytest.raises(LstmgenError, match="changed while it was read"):
+        "".join(shrinking.lines())

@@ -92,7 +92,7 @@ def test_blank_line_round_trip(tokenizer, parts: list[tuple[str, str]], leading_
 
 
 def test_documents_setting_is_validated_and_stored(small_corpus: Path, tmp_path: Path) -> None:
-    with pytest.raises(LstmgenError, match="--documents must be"):
+    with pytest.raises(LstmgenError, match="^documents must be"):
         TokenizerConfig(documents="paragraph").validate()
     config = TokenizerConfig(vocab_size=400, documents="blank-line")
     assert from_dict(TokenizerConfig, to_dict(config)) == config

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import html.parser
 import json
 import lzma
 import math
 import re
-import shutil
-import struct
-import subprocess
 import zipfile
 import zlib
 from pathlib import Path
@@ -34,7 +30,7 @@ from lstmgen.evaluation import (
     unigram_nll,
 )
 
-from .conftest import ROOT
+from .conftest import ROOT, check_page, chromium, colour_counts, needs_chromium, read_png
 
 HELD_OUT = (ROOT / "corpora" / "tinyshakespeare.txt").read_text()[300_000:302_500]
 
@@ -303,53 +299,8 @@ def _strip_ansi(text: str) -> str:
 # -- the HTML page --------------------------------------------------------------------------------------
 
 
-class _PageText(html.parser.HTMLParser):
-    """The text of the page's #text element without the ↵ glyphs, and what the page loads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.depth = 0
-        self.glyph_depth = 0
-        self.text: list[str] = []
-        self.spans = 0
-        self.external: list[str] = []
-        self.scripts = 0
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        attributes = dict(attrs)
-        for name in ("src", "href"):
-            if attributes.get(name):
-                self.external.append(attributes[name])
-        if tag == "script":
-            self.scripts += 1
-        if self.depth:
-            self.depth += 1
-            if "nl" in (attributes.get("class") or "").split():
-                self.glyph_depth = self.depth
-            if "t" in (attributes.get("class") or "").split():
-                self.spans += 1
-        elif attributes.get("id") == "text":
-            self.depth = 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.depth:
-            if self.glyph_depth == self.depth:
-                self.glyph_depth = 0
-            self.depth -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self.depth and not self.glyph_depth:
-            self.text.append(data)
 
 
-def _check_page(path: Path, text: str) -> _PageText:
-    page = path.read_text()
-    parser = _PageText()
-    parser.feed(page)
-    assert "".join(parser.text) == text
-    assert parser.external == [] and "http://" not in page.split("<body>")[1] and "https://" not in page
-    assert parser.scripts == 2 and "<style>" in page
-    return parser
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +313,7 @@ def heatmap_page(fast_cli, tiny_bundle: Path, held_out: Path, tmp_path_factory: 
 
 
 def test_html_heatmap_is_self_contained(heatmap_page: Path) -> None:
-    parser = _check_page(heatmap_page, HELD_OUT)
+    parser = check_page(heatmap_page, HELD_OUT)
     page = heatmap_page.read_text()
     data = json.loads(page.split('id="lstmgen-data">')[1].split("</script>")[0])
     assert len(data["spans"]) == parser.spans > 100
@@ -377,71 +328,18 @@ def test_html_escapes_text_that_looks_like_markup(fast_cli, tiny_bundle: Path, t
     source.write_text(text)
     page = tmp_path / "markup.html"
     assert fast_cli("eval", "-m", tiny_bundle, source, "--html", page).returncode == 0
-    _check_page(page, text)
+    check_page(page, text)
     assert "<script>alert(1)" not in page.read_text()
 
 
 # -- in a real browser ------------------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
 
-def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    """Run headless chromium on `url` with no network, sync or first-run work; a fresh profile."""
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1000,700", *args, url]
-    return subprocess.run(command, capture_output=True, timeout=120, text=True)
 
 
-def read_png(path: Path) -> tuple[int, int, list[bytes]]:
-    """Decode an 8-bit, non-interlaced RGB or RGBA PNG: (width, height, rows of RGB bytes). Pure Python."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    position, chunks, header = 8, [], None
-    while position < len(data):
-        length, kind = struct.unpack(">I4s", data[position : position + 8])
-        body = data[position + 8 : position + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            chunks.append(body)
-        position += 12 + length
-    width, height, depth, color_type, _, _, interlace = header
-    assert depth == 8 and color_type in (2, 6) and interlace == 0, header
-    channels = 3 if color_type == 2 else 4
-    raw = zlib.decompress(b"".join(chunks))
-    stride = width * channels
-    rows, previous = [], bytearray(stride)
-    for y in range(height):
-        kind = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        for x in range(stride):
-            left = line[x - channels] if x >= channels else 0
-            up = previous[x]
-            corner = previous[x - channels] if x >= channels else 0
-            if kind == 1:
-                line[x] = (line[x] + left) & 0xFF
-            elif kind == 2:
-                line[x] = (line[x] + up) & 0xFF
-            elif kind == 3:
-                line[x] = (line[x] + (left + up) // 2) & 0xFF
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                line[x] = (line[x] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
-        previous = line
-        rows.append(bytes(line) if channels == 3 else bytes(b for i, b in enumerate(line) if i % 4 != 3))
-    return width, height, rows
 
 
-def colour_counts(rows: list[bytes], step: int = 2) -> dict[tuple[int, int, int], int]:
-    counts: dict[tuple[int, int, int], int] = {}
-    for row in rows[::step]:
-        for x in range(0, len(row), 3 * step):
-            pixel = (row[x], row[x + 1], row[x + 2])
-            counts[pixel] = counts.get(pixel, 0) + 1
-    return counts
 
 
 def test_png_reader_agrees_with_pillow(tmp_path: Path) -> None:

@@ -84,14 +84,17 @@ def _show_info(path: Path) -> None:
 
     logger = logging.getLogger("lstmgen")
     saved = (list(logger.handlers), logger.propagate, logger.level)  # the CLI configures this logger; put it back
-    out, err = io.StringIO(), io.StringIO()
+    summary, out, err = io.StringIO(), io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            app(args=["info", str(path)], standalone_mode=False, prog_name="lstmgen")
-            app(args=["info", str(path), "--json"], standalone_mode=False, prog_name="lstmgen")
+        with contextlib.redirect_stderr(err):
+            with contextlib.redirect_stdout(summary):  # the summary is data too (stdout), but not JSON
+                app(args=["info", str(path)], standalone_mode=False, prog_name="lstmgen")
+            with contextlib.redirect_stdout(out):
+                app(args=["info", str(path), "--json"], standalone_mode=False, prog_name="lstmgen")
     finally:
         logger.handlers[:], logger.propagate = saved[0], saved[1]
         logger.setLevel(saved[2])
+    assert summary.getvalue().startswith("model ")
     json.loads(out.getvalue(), parse_constant=no_constants)
 
 

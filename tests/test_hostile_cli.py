@@ -14,22 +14,19 @@ the reason, so that they turn into failures (and are noticed) as soon as they ar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .conftest import SHAKESPEARE
+from .conftest import SHAKESPEARE, assert_refused, members_of, snapshot, write_zip
 
 IS_ROOT = os.geteuid() == 0
 TRAIN_FAST = ["--hidden-size", "32", "--layers", "1", "--batch-size", "8", "--seq-len", "32", "--vocab-size", "400"]
@@ -38,41 +35,8 @@ TRAIN_FAST = ["--hidden-size", "32", "--layers", "1", "--batch-size", "8", "--se
 # -- the workspace and its snapshot ---------------------------------------------------------------
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under `root`: kind, size, content hash and modification time.
-
-    A run directory's `lock` holds the pid of the last run that opened it; it is bookkeeping, not data.
-    """
-    entries: dict[str, tuple] = {}
-    for path in sorted(root.rglob("*")):
-        relative = str(path.relative_to(root))
-        info = path.lstat()
-        if stat.S_ISREG(info.st_mode):
-            if path.name == "lock" and path.parent.name.endswith(".run"):
-                entries[relative] = ("lock",)
-                continue
-            entries[relative] = ("file", info.st_size, hashlib.sha256(path.read_bytes()).hexdigest(), info.st_mtime_ns)
-        elif stat.S_ISDIR(info.st_mode):
-            entries[relative] = ("dir",)
-        else:
-            entries[relative] = ("other", stat.S_IFMT(info.st_mode))
-    return entries
 
 
-def assert_refused(result, fragment: str | tuple[str, ...], progress_ok: bool = False) -> None:
-    """Exit 2, empty stdout, one `error:` line at the end that contains `fragment` (or one of them), no traceback."""
-    context = f"\nexit {result.returncode}\nstdout: {result.stdout[:500]!r}\nstderr: {result.stderr[-3000:]}"
-    assert not getattr(result, "timed_out", False), "timed out" + context
-    assert result.returncode == 2, context
-    assert result.stdout == "", context
-    assert "Traceback" not in result.stderr, context
-    lines = result.stderr.rstrip("\n").split("\n")
-    assert lines[-1].startswith("error: "), context
-    fragments = (fragment,) if isinstance(fragment, str) else fragment
-    assert any(f.lower() in lines[-1].lower() for f in fragments), f"expected {fragment!r}" + context
-    assert sum(line.startswith("error") for line in lines) == 1, context
-    if not progress_ok:
-        assert len(lines) == 1, "expected exactly one line on stderr" + context
 
 
 @pytest.fixture
@@ -84,20 +48,8 @@ def ws(tmp_path: Path, small_corpus: Path, tiny_bundle: Path) -> Path:
     return tmp_path
 
 
-def members_of(bundle: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(bundle) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
 
 
-def write_zip(path: Path, items: list[tuple[str, bytes]] | dict[str, bytes]) -> None:
-    import warnings
-
-    pairs = list(items.items()) if isinstance(items, dict) else items
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # duplicate names are the point of some cases
-        with zipfile.ZipFile(path, "w") as archive:
-            for name, data in pairs:
-                archive.writestr(name, data)
 
 
 def edited_bundle(ws: Path, name: str, change: Callable[[dict[str, bytes]], None]) -> Path:

@@ -29,8 +29,7 @@ from lstmgen.inspection import (
 from lstmgen.model import LSTMLanguageModel
 from lstmgen.sampling import FastStepper
 
-from .conftest import ROOT
-from .test_eval_context import CHROMIUM, _check_page, chromium, colour_counts, needs_chromium, read_png
+from .conftest import CHROMIUM, ROOT, check_page, chromium, colour_counts, needs_chromium, read_png
 
 TEXT = (ROOT / "corpora" / "tinyshakespeare.txt").read_text()[500_000:502_000]
 
@@ -225,7 +224,7 @@ def test_inspect_neuron_html(fast_cli, tiny_bundle: Path, text_file: Path, tmp_p
     page = tmp_path / "cell.html"
     result = fast_cli("inspect", "-m", tiny_bundle, text_file, "--neuron", "0:5", "--state", "h", "--html", page)
     assert result.returncode == 0, result.stderr
-    _check_page(page, TEXT)
+    check_page(page, TEXT)
     data = json.loads(page.read_text().split('id="lstmgen-data">')[1].split("</script>")[0])
     assert all(-1 <= s["value"] <= 1 for s in data["spans"])  # h = o·tanh(c) is in (−1, 1)
     assert data["fields"][0]["label"] == "h[0:5]"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_hostile_cli import assert_refused, members_of, snapshot, write_zip
+from .conftest import assert_refused, members_of, snapshot, write_zip
 
 #: The address-space cap for every run: a Python with torch imported uses about 0.7 GB of it.
 MEMORY_CAP = 3 << 30

@@ -276,3 +276,18 @@ def test_options_alias_and_unknown_names(lm) -> None:
     assert lm.generate("A", max_tokens=10, temp=0) == lm.generate("A", max_tokens=10, temperature=0)
     with pytest.raises(LstmgenError, match="unknown sampling option top_q"):
         lm.generate("A", top_q=0.5)
+
+
+def test_many_samples_are_generated_in_bounded_batches(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-n 65536` once took 13 GB: samples now go through in batches of SAMPLES_PER_BATCH rows, with the same texts."""
+    import lstmgen.sampling as sampling
+
+    lm = lstmgen.load(tiny_bundle)
+    whole = [s.text for s in lm.sample_many("KING", 10, max_tokens=12, seed=7)]
+    rows: list[int] = []
+    step = lm._sampler.stepper.step
+    monkeypatch.setattr(lm._sampler.stepper, "step", lambda tokens, state: (rows.append(len(tokens)), step(tokens, state))[1])
+    monkeypatch.setattr(sampling, "SAMPLES_PER_BATCH", 4)
+    batched = [s.text for s in lm.sample_many("KING", 10, max_tokens=12, seed=7)]
+    assert batched == whole
+    assert rows and max(rows) <= 4

@@ -108,7 +108,7 @@ def test_bpe_model_type() -> None:
 
 def test_vocab_too_small_is_a_clear_error() -> None:
     lines = ["hello world\n", "abc def\n"] * 5
-    with pytest.raises(LstmgenError, match=r"--vocab-size 100 is too small.*at least 272"):
+    with pytest.raises(LstmgenError, match=r"^vocab_size 100 is too small.*at least 272"):
         train_tokenizer(lines, TokenizerConfig(vocab_size=100))
 
 

@@ -80,8 +80,11 @@ def test_resume_refuses_a_changed_model(corpus, tmp_path: Path) -> None:
     _train(corpus, output, stop_at=2)
     model_config, train_config = _configs(corpus)
     model_config.hidden_size = 32
-    with pytest.raises(LstmgenError, match=r"--hidden-size differs \(checkpoint 24, now 32\)"):
+    with pytest.raises(LstmgenError, match=r"^cannot resume: hidden_size differs \(checkpoint 24, now 32\)") as refused:
         Trainer(corpus, model_config, train_config, output, resume=True).run()
+    # Python names the keyword argument, the command line the flag.
+    assert "--hidden-size differs (checkpoint 24, now 32)" in refused.value.for_command_line()
+    assert str(refused.value).endswith("start over with overwrite=True")
 
 
 def test_resume_allows_changing_the_step_budget(corpus, tmp_path: Path) -> None:
@@ -199,14 +202,16 @@ def test_long_budgets_raise_dropout() -> None:
     from lstmgen.sizing import LONG_RUN_DROPOUT, budget_dropout
 
     model = ModelConfig(vocab_size=300, embedding_size=16, hidden_size=16, num_layers=1, dropout=0.2)
-    cpu = torch.device("cpu")
+    def unmeasured() -> float:
+        raise AssertionError("a step or epoch budget needs no speed")
+
     short = TrainConfig(batch_size=4, seq_len=8, max_steps=100)  # 3,200 tokens
-    assert budget_dropout(model, short, train_tokens=1000, device=cpu) == 0.2
+    assert budget_dropout(model, short, train_tokens=1000, speed=unmeasured) == 0.2
     long = TrainConfig(batch_size=4, seq_len=8, max_steps=1000)  # 32,000 tokens = 32 passes
-    assert budget_dropout(model, long, train_tokens=1000, device=cpu) == LONG_RUN_DROPOUT
-    assert budget_dropout(model, TrainConfig(epochs=20), train_tokens=1000, device=cpu) == LONG_RUN_DROPOUT
-    # A time budget is turned into tokens by the measured speed (here: a fake, agreed on by all ranks).
+    assert budget_dropout(model, long, train_tokens=1000, speed=unmeasured) == LONG_RUN_DROPOUT
+    assert budget_dropout(model, TrainConfig(epochs=20), train_tokens=1000, speed=unmeasured) == LONG_RUN_DROPOUT
+    # A time budget is turned into tokens by the measured speed (here: a fake; a run measures once and all ranks agree on it).
     timed = TrainConfig(batch_size=4, seq_len=8, max_time=10.0)
-    assert budget_dropout(model, timed, 1000, cpu, agree=lambda measured: 1000.0) == 0.2  # 10 passes
-    assert budget_dropout(model, timed, 1000, cpu, agree=lambda measured: 2000.0) == LONG_RUN_DROPOUT  # 20 passes
-    assert budget_dropout(ModelConfig(vocab_size=300, dropout=0.5), long, 1000, cpu) == 0.5  # never lowered
+    assert budget_dropout(model, timed, 1000, lambda: 1000.0) == 0.2  # 10 passes
+    assert budget_dropout(model, timed, 1000, lambda: 2000.0) == LONG_RUN_DROPOUT  # 20 passes
+    assert budget_dropout(ModelConfig(vocab_size=300, dropout=0.5), long, 1000, unmeasured) == 0.5  # never lowered

@@ -136,7 +136,8 @@ def _show_heatmap(tokenizer: Any, item: Any, heatmap: bool, html_path: Path | No
         result = item.result
         summary = (f"{result['tokens']:,} tokens, {result['bits_per_byte']:.4f} bits/byte, {result['bits_per_char']:.4f} bits/char, "
                    f"perplexity {result['perplexity']:.2f}. Each piece of text is coloured by its surprisal, −log₂ p, under the model.")
-        fields = [{"key": "bits", "label": "surprisal", "unit": "bits", "digits": 2}, {"key": "p", "label": "probability", "digits": "pct"},
+        fields: list[dict[str, Any]] = [{"key": "bits", "label": "surprisal", "unit": "bits", "digits": 2},
+                                        {"key": "p", "label": "probability", "digits": "pct"},
                   {"key": "tokens", "label": "tokens in this piece", "digits": 0}]
         write_html(html_path, html_page(f"Surprisal: {item.path.name}", spans, scale, summary, fields))
         info(f"wrote {html_path}")

@@ -3,7 +3,6 @@ machine failure; 130 on Ctrl-C, 143 on SIGTERM; a closed pipe ends quietly)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 

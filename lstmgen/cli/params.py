@@ -48,8 +48,7 @@ def option_parameter(option: Option) -> inspect.Parameter:
     """A declared option as a Typer parameter whose default None means "not given" (the core's default applies)."""
     if option.kind == "bool":
         decls = (f"{option.flag}/{option.negative}",) if option.negative else option.flags
-        extra: dict[str, Any] = {} if option.negative else {"is_flag": True}
-        info = typer.Option(None if option.negative else False, *decls, help=option.help_text(), show_default=False, **extra)
+        info = typer.Option(None if option.negative else False, *decls, help=option.help_text(), show_default=False)
     else:
         info = typer.Option(None, *option.flags, help=option.help_text(), metavar=option.shown_metavar, show_default=False)
     annotation = Optional[str] if option.duration else _TYPES[option.kind]
@@ -76,7 +75,13 @@ def signature(function: Callable[..., Any], *parts: Iterable[Option | Flag]) -> 
 
 def given(values: dict[str, Any], options: Iterable[Option]) -> dict[str, Any]:
     """The declared options among `values` that were given (not None; a flag not set counts as not given)."""
-    return {o.name: values[o.name] for o in options if values.get(o.name) not in (None, False) or (o.negative and values.get(o.name) is False)}
+    found = {}
+    for option in options:
+        value = values.get(option.name)
+        if value is None or (value is False and not option.negative):  # a plain flag not set is not given
+            continue
+        found[option.name] = value
+    return found
 
 
 def examples(*lines: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -186,10 +187,8 @@ def _interactive(lm: Any, options: Any, printer: _SamplePrinter) -> None:
     """A small REPL: each line is a prompt, continued with the command line's options."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     if terminal:
-        try:
+        with contextlib.suppress(ImportError):  # platforms without readline
             import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:  # pragma: no cover - platforms without readline
-            pass
     show_prompt = sys.stderr.isatty()
     if show_prompt:
         print(f"lstmgen: {REPL_HELP}", file=sys.stderr)

@@ -14,7 +14,7 @@ import typer
 from ..config import TRAINING_SECTIONS, RunOptions
 from ..errors import TrainingInterrupted
 from .app import app
-from .output import ByteProgress, format_seconds, human_count, info, stderr_console, write_stdout
+from .output import ByteProgress, format_seconds, human_count, info, setup_logging, stderr_console, write_stdout
 from .params import Flag, examples, given, options_of, signature
 
 OPTIONS = [*options_of(RunOptions), *(o for cls in TRAINING_SECTIONS.values() for o in options_of(cls))]
@@ -27,8 +27,12 @@ FLAGS = [
 
 def train(**values: Any) -> None:
     """Train a language model on a corpus and write the best model as one .lstmgen bundle."""
+    import os
+
     from .. import run
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 shows progress
+        setup_logging(quiet=True)
     options = given(values, OPTIONS)
     display = _TrainDisplay()
     if values["dry_run"]:
