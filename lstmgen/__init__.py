@@ -1,9 +1,9 @@
 """lstmgen: train an LSTM language model on your own text and generate from it.
 
-    import lstmgen
-    m = lstmgen.load("shakespeare")            # a model name, as `-m` takes it, or a bundle path
-    print(m.generate("ROMEO:", max_tokens=50))
-    lstmgen.train("my.txt", "my.lstmgen", max_time="5m")
+import lstmgen
+m = lstmgen.load("shakespeare")            # a model name, as `-m` takes it, or a bundle path
+print(m.generate("ROMEO:", max_tokens=50))
+lstmgen.train("my.txt", "my.lstmgen", max_time="5m")
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from .errors import LstmgenError
 
 
-def load(model: Any = None, device: str = "cpu", quantize: str | None = None, threads: int | None = None) -> LanguageModel:
+def load(
+    model: Any = None, device: str = "cpu", quantize: str | None = None, threads: int | None = None
+) -> LanguageModel:
     """Load a model for generation and evaluation: a bundle path or a model name, exactly as `-m` takes it
     (none: $LSTMGEN_MODEL, else the built-in shakespeare).
 

@@ -27,7 +27,9 @@ class LanguageModel:
     byte that `evaluate` measures.
     """
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", quantize: str | None = None, source: str | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, device: str | torch.device = "cpu", quantize: str | None = None, source: str | None = None
+    ) -> None:
         self.bundle = bundle
         #: Where the model came from (the bundle's path), for repr and messages.
         self.source = source
@@ -37,12 +39,20 @@ class LanguageModel:
         settings = (bundle.meta.get("tokenizer") or {}).get("settings") or {}
         # A model trained on blank-line documents saw EOS before every document: prompts start one.
         self.documents: str = settings.get("documents", "file")
-        self._sampler = Sampler(self.model, self.tokenizer, self.device, quantize=quantize, document_start=self.documents == "blank-line")
+        self._sampler = Sampler(
+            self.model, self.tokenizer, self.device, quantize=quantize, document_start=self.documents == "blank-line"
+        )
         self.quantize: str | None = self._sampler.quantize
         self._fresh_starts: FreshStarts | None = None
 
     @classmethod
-    def load(cls, model: str | Path | None = None, device: str = "cpu", quantize: str | None = None, threads: int | None = None) -> LanguageModel:
+    def load(
+        cls,
+        model: str | Path | None = None,
+        device: str = "cpu",
+        quantize: str | None = None,
+        threads: int | None = None,
+    ) -> LanguageModel:
         """A bundle path or a model name, exactly as `-m` takes it (None: $LSTMGEN_MODEL, else the built-in default)."""
         import os
 
@@ -60,8 +70,10 @@ class LanguageModel:
     def __repr__(self) -> str:
         config = self.config
         quantized = f", {self.quantize}" if self.quantize else ""
-        return (f"<LanguageModel {config.num_layers}×{config.hidden_size} {config.cell.upper()}, {self.num_parameters():,} parameters, "
-                f"vocabulary {config.vocab_size}{quantized}, from {self.source or 'memory'}>")
+        return (
+            f"<LanguageModel {config.num_layers}×{config.hidden_size} {config.cell.upper()}, {self.num_parameters():,} parameters, "
+            f"vocabulary {config.vocab_size}{quantized}, from {self.source or 'memory'}>"
+        )
 
     @property
     def config(self) -> Any:
@@ -100,7 +112,9 @@ class LanguageModel:
         check_num_samples(num_samples)
         return _collect(self._sampler.stream(prompt, _options(options), num_samples=num_samples), num_samples)
 
-    def stream_samples(self, prompt: str, options: SamplingOptions, num_samples: int = 1) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
+    def stream_samples(
+        self, prompt: str, options: SamplingOptions, num_samples: int = 1
+    ) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
         """Yield (sample index, text piece) as samples grow and (index, Sample) as each ends: what `lstmgen sample` prints."""
         return self._sampler.stream(prompt, options, num_samples=num_samples)
 
@@ -123,11 +137,20 @@ class LanguageModel:
 
     def evaluate(self, text: str, streams: int | None = None) -> dict[str, Any]:
         """Same keys as `lstmgen eval --json`: tokens, nll, perplexity, bits per byte/char..."""
-        return evaluate_text(self.network, self.tokenizer, text, num_streams=streams, device=self.device, documents=self.documents)
+        return evaluate_text(
+            self.network, self.tokenizer, text, num_streams=streams, device=self.device, documents=self.documents
+        )
 
     def evaluate_file(self, path: str | Path, streams: int | None = None, errors: str = "strict") -> dict[str, Any]:
-        return evaluate_file(self.network, self.tokenizer, Path(path), num_streams=streams, errors=errors, device=self.device,
-                             documents=self.documents)
+        return evaluate_file(
+            self.network,
+            self.tokenizer,
+            Path(path),
+            num_streams=streams,
+            errors=errors,
+            device=self.device,
+            documents=self.documents,
+        )
 
     @property
     def fresh_starts(self) -> FreshStarts:

@@ -120,7 +120,11 @@ def save_bundle(
         "format_version": BUNDLE_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": to_dict(model.config),
-        "tokenizer": {"type": "sentencepiece", "vocab_size": tokenizer.vocab_size, "settings": tokenizer_settings or {}},
+        "tokenizer": {
+            "type": "sentencepiece",
+            "vocab_size": tokenizer.vocab_size,
+            "settings": tokenizer_settings or {},
+        },
         "weights": {"dtype": str(dtype).removeprefix("torch.")},
         "training": training or {},
         "versions": _versions(),
@@ -141,7 +145,14 @@ def convert_bundle(source: Path, target: Path, dtype_name: str) -> Bundle:
         raise LstmgenError(f"--dtype must be one of {', '.join(WEIGHTS_DTYPES)}, not {dtype_name!r}")
     bundle = load_bundle(Path(source))
     settings = bundle.meta.get("tokenizer", {}).get("settings") or {}
-    save_bundle(Path(target), bundle.build_model("cpu"), bundle.tokenizer, settings, bundle.meta.get("training") or {}, getattr(torch, dtype_name))
+    save_bundle(
+        Path(target),
+        bundle.build_model("cpu"),
+        bundle.tokenizer,
+        settings,
+        bundle.meta.get("training") or {},
+        getattr(torch, dtype_name),
+    )
     return load_bundle(Path(target))
 
 
@@ -173,7 +184,9 @@ def read_members(
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise LstmgenError(f"{what} {path} does not exist; check the path (train one with `lstmgen train CORPUS.txt -o {path}`)") from None
+        raise LstmgenError(
+            f"{what} {path} does not exist; check the path (train one with `lstmgen train CORPUS.txt -o {path}`)"
+        ) from None
     except OSError as error:
         raise LstmgenError(f"cannot read {what} {path}: {error.strerror or error}") from None
     if stat.S_ISDIR(info.st_mode):
@@ -187,10 +200,18 @@ def read_members(
             head = handle.read(4)
             handle.seek(0)
             if head != b"PK\x03\x04":
-                hint = " (it looks like a text file; pass it as a corpus instead)" if _looks_like_text(handle.read(4096)) else ""
-                raise LstmgenError(f"{path} is not an lstmgen {what}{hint}; pass a .lstmgen file made by `lstmgen train`")
+                hint = (
+                    " (it looks like a text file; pass it as a corpus instead)"
+                    if _looks_like_text(handle.read(4096))
+                    else ""
+                )
+                raise LstmgenError(
+                    f"{path} is not an lstmgen {what}{hint}; pass a .lstmgen file made by `lstmgen train`"
+                )
             handle.seek(0)
-            return _read_zip(path, io.BytesIO(handle.read()) if info.st_size < (64 << 20) else handle, limits, what, size_check)
+            return _read_zip(
+                path, io.BytesIO(handle.read()) if info.st_size < (64 << 20) else handle, limits, what, size_check
+            )
     except OSError as error:
         raise LstmgenError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
@@ -203,12 +224,16 @@ def _looks_like_text(head: bytes) -> bool:
     return b"\x00" not in head
 
 
-def _read_zip(path: Path, handle: Any, limits: dict[str, int], what: str, size_check: SizeCheck | None = None) -> dict[str, bytes]:
+def _read_zip(
+    path: Path, handle: Any, limits: dict[str, int], what: str, size_check: SizeCheck | None = None
+) -> dict[str, bytes]:
     _check_zip_directory(path, handle, len(limits), what)
     try:
         archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, NotImplementedError):
-        raise LstmgenError(f"{what} {path} is truncated or damaged (not a readable zip archive); write it again") from None
+        raise LstmgenError(
+            f"{what} {path} is truncated or damaged (not a readable zip archive); write it again"
+        ) from None
     with archive:
         infos = archive.infolist()
         counts = Counter(i.filename for i in infos)
@@ -217,10 +242,14 @@ def _read_zip(path: Path, handle: Any, limits: dict[str, int], what: str, size_c
             raise LstmgenError(f"{what} {path} is malformed: member {duplicates[0]!r} appears more than once")
         unexpected = sorted(set(counts) - set(limits))
         if unexpected:
-            raise LstmgenError(f"{what} {path} has unexpected member {unexpected[0]!r}; it is not an lstmgen {what} (expected only {', '.join(sorted(limits))})")
+            raise LstmgenError(
+                f"{what} {path} has unexpected member {unexpected[0]!r}; it is not an lstmgen {what} (expected only {', '.join(sorted(limits))})"
+            )
         missing = sorted(set(limits) - set(counts))
         if missing:
-            raise LstmgenError(f"{what} {path} is missing member {missing[0]!r}; it is incomplete or not an lstmgen {what}")
+            raise LstmgenError(
+                f"{what} {path} is missing member {missing[0]!r}; it is incomplete or not an lstmgen {what}"
+            )
         by_name = {i.filename: i for i in infos}
         members: dict[str, bytes] = {}
         for name, limit in limits.items():
@@ -229,14 +258,27 @@ def _read_zip(path: Path, handle: Any, limits: dict[str, int], what: str, size_c
             # member may hold); zipfile never returns more than the declared size, so checking the
             # declaration bounds what is decompressed into memory.
             if zinfo.file_size > limit or zinfo.file_size > MAX_COMPRESSION_RATIO * max(zinfo.compress_size, 1 << 16):
-                raise LstmgenError(f"{what} {path}: member {name!r} is too large ({zinfo.file_size} bytes); refusing it")
+                raise LstmgenError(
+                    f"{what} {path}: member {name!r} is too large ({zinfo.file_size} bytes); refusing it"
+                )
             if size_check is not None:
                 size_check(name, zinfo.file_size, members)
             try:
                 with archive.open(zinfo) as member:
                     data = member.read(limit + 1)
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError, zlib.error, LZMAError) as error:
-                raise LstmgenError(f"{what} {path} is damaged ({type(error).__name__} in {name!r}); write it again") from None
+            except (
+                zipfile.BadZipFile,
+                EOFError,
+                OSError,
+                ValueError,
+                NotImplementedError,
+                RuntimeError,
+                zlib.error,
+                LZMAError,
+            ) as error:
+                raise LstmgenError(
+                    f"{what} {path} is damaged ({type(error).__name__} in {name!r}); write it again"
+                ) from None
             if len(data) > limit or len(data) != zinfo.file_size:
                 raise LstmgenError(f"{what} {path}: member {name!r} does not match its declared size; refusing it")
             members[name] = data
@@ -260,7 +302,9 @@ def _check_zip_directory(path: Path, handle: Any, expected_entries: int, what: s
         )
 
 
-def _read_directory(path: Path, limits: dict[str, int], what: str, size_check: SizeCheck | None = None) -> dict[str, bytes]:
+def _read_directory(
+    path: Path, limits: dict[str, int], what: str, size_check: SizeCheck | None = None
+) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
     for name, limit in limits.items():
         member = path / name
@@ -278,7 +322,9 @@ def _read_directory(path: Path, limits: dict[str, int], what: str, size_check: S
             if stat.S_ISDIR(info.st_mode):
                 raise LstmgenError(f"directory {path} is not an lstmgen {what}: {name} is a directory")
             if not stat.S_ISREG(info.st_mode):
-                raise LstmgenError(f"directory {path} is not an lstmgen {what}: {name} is not a regular file (a pipe or device?)")
+                raise LstmgenError(
+                    f"directory {path} is not an lstmgen {what}: {name} is not a regular file (a pipe or device?)"
+                )
             if info.st_size > limit:
                 raise LstmgenError(f"{what} {path}: {name} is too large ({info.st_size} bytes); refusing it")
             if size_check is not None:
@@ -301,7 +347,9 @@ def parse_json_member(data: bytes, name: str, path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except _NonFiniteNumber as error:
-        raise LstmgenError(f"{path}: {name} holds the number {error.args[0][:40]}, which is out of range; the file is damaged or not made by lstmgen") from None
+        raise LstmgenError(
+            f"{path}: {name} holds the number {error.args[0][:40]}, which is out of range; the file is damaged or not made by lstmgen"
+        ) from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise LstmgenError(f"{path}: {name} is not valid JSON; the file is damaged or not made by lstmgen") from None
     if not isinstance(meta, dict):
@@ -333,7 +381,9 @@ def parse_safetensors(data: bytes, path: Path, name: str = WEIGHTS_NAME) -> dict
         raise LstmgenError(f"{path}: {name} is truncated")
     header_length = int.from_bytes(data[:8], "little")
     if header_length > min(len(data) - 8, 100 << 20):
-        raise LstmgenError(f"{path}: {name} has a header claiming {header_length} bytes, more than the file holds; it is damaged")
+        raise LstmgenError(
+            f"{path}: {name} has a header claiming {header_length} bytes, more than the file holds; it is damaged"
+        )
     try:
         return load_safetensors(data)
     except Exception as error:  # safetensors raises its own SafetensorError or ValueError
@@ -353,14 +403,18 @@ def load_bundle(path: Path) -> Bundle:
         parsed.append(_parse_meta(members[META_NAME], path))
         most = WEIGHTS_HEADER_ALLOWANCE + 4 * sum(math.prod(shape) for shape in expected_shapes(parsed[0][1]).values())
         if size > most:
-            raise LstmgenError(f"{path}: {WEIGHTS_NAME} is {size} bytes, more than the {most} a model of its config can need; refusing it")
+            raise LstmgenError(
+                f"{path}: {WEIGHTS_NAME} is {size} bytes, more than the {most} a model of its config can need; refusing it"
+            )
 
     members = read_members(path, MEMBER_LIMITS, size_check=check_weights_size)
     meta, config = parsed[0] if parsed else _parse_meta(members[META_NAME], path)
     try:
         tokenizer = Tokenizer(members[TOKENIZER_NAME])
     except (ValueError, IndexError, KeyError, OverflowError, RuntimeError, UnicodeError):
-        raise LstmgenError(f"{path}: {TOKENIZER_NAME} is not a valid lstmgen tokenizer; the bundle is damaged") from None
+        raise LstmgenError(
+            f"{path}: {TOKENIZER_NAME} is not a valid lstmgen tokenizer; the bundle is damaged"
+        ) from None
     if tokenizer.vocab_size != config.vocab_size:
         raise LstmgenError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} pieces but the model expects {config.vocab_size}; the bundle mixes files from different runs"
@@ -412,7 +466,9 @@ def _check_informational(meta: dict[str, Any], path: Path) -> None:
     # Each key may be absent; only the best_* keys may be null (docs/bundle-format.md, `training`).
     for key, nullable in (("steps", False), ("tokens_seen", False), ("best_val_step", True)):
         value = training.get(key)
-        if (key in training and not (nullable and value is None)) and (not isinstance(value, int) or isinstance(value, bool)):
+        if (key in training and not (nullable and value is None)) and (
+            not isinstance(value, int) or isinstance(value, bool)
+        ):
             raise damaged(f"has training.{key} {value!r:.40}, not a whole number")
     for key, nullable in (("elapsed_seconds", False), ("best_val_loss", True), ("best_val_bits_per_char", True)):
         value = training.get(key)
@@ -433,11 +489,17 @@ def validate_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[i
     for name, shape in shapes.items():
         tensor = tensors[name]
         if tensor.dtype not in ALLOWED_DTYPES:
-            raise LstmgenError(f"{path}: tensor {name!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; expected float32, float16 or bfloat16")
+            raise LstmgenError(
+                f"{path}: tensor {name!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; expected float32, float16 or bfloat16"
+            )
         if tuple(tensor.shape) != shape:
-            raise LstmgenError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape} from the config")
+            raise LstmgenError(
+                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape} from the config"
+            )
         if not bool(torch.isfinite(tensor).all()):
-            raise LstmgenError(f"{path}: tensor {name!r} holds NaN or infinite values; the model is broken (retrain it, or use an earlier checkpoint)")
+            raise LstmgenError(
+                f"{path}: tensor {name!r} holds NaN or infinite values; the model is broken (retrain it, or use an earlier checkpoint)"
+            )
 
 
 def is_finite_number(value: Any) -> bool:

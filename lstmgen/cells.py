@@ -86,7 +86,7 @@ def reorder_gates(tensor: torch.Tensor, sigmoid_scale: float = 1.0) -> torch.Ten
 def gru_update(from_input: torch.Tensor, from_state: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """One GRU step (PyTorch's equations) from W_ih x + b_ih and W_hh h + b_hh, each (B, 3H) as [r, z, n]:
 
-        r = σ(.r + .r),  z = σ(.z + .z),  n = tanh(x.n + r ⊙ h.n),  h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
+    r = σ(.r + .r),  z = σ(.z + .z),  n = tanh(x.n + r ⊙ h.n),  h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
     """
     ir, iz, in_ = from_input.chunk(3, dim=1)
     hr, hz, hn = from_state.chunk(3, dim=1)
@@ -106,7 +106,9 @@ def paper_update(gates: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None 
     hidden = h.shape[-1]
     gates[:, : 2 * hidden].sigmoid_()
     gates[:, 2 * hidden :].tanh_()
-    h_new = torch.mul(gates[:, hidden : 2 * hidden], h, out=out) if out is not None else gates[:, hidden : 2 * hidden] * h
+    h_new = (
+        torch.mul(gates[:, hidden : 2 * hidden], h, out=out) if out is not None else gates[:, hidden : 2 * hidden] * h
+    )
     return h_new.addcmul_(gates[:, :hidden], gates[:, 2 * hidden :])
 
 
@@ -119,7 +121,9 @@ def paper_output(pre_output: torch.Tensor, h: torch.Tensor, weight_ho_t: torch.T
 # -- the paper cell -----------------------------------------------------------------------------
 
 
-def _paper_forward_loop(projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _paper_forward_loop(
+    projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """States h_1..h_T (T, B, H) and the activated gates [i, f, h~] (T, B, 3H).
 
     projected (T, B, 4H) holds W_x· x_t + b; its first 3H columns are the i, f, h~ rows.
@@ -138,7 +142,11 @@ def _paper_forward_loop(projected: torch.Tensor, h0: torch.Tensor, weight_hh: to
 
 
 def _paper_backward_loop(
-    grad_states: torch.Tensor, factors: torch.Tensor, gates: torch.Tensor, weight_hh: torch.Tensor, grad_projected: torch.Tensor
+    grad_states: torch.Tensor,
+    factors: torch.Tensor,
+    gates: torch.Tensor,
+    weight_hh: torch.Tensor,
+    grad_projected: torch.Tensor,
 ) -> torch.Tensor:
     """Write d(loss)/d(pre-activations of i, f, h~) into grad_projected[..., :3H]; return d/dh0.
 
@@ -166,7 +174,9 @@ class _PaperLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, weight_ho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx, projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, weight_ho: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         projected = projected.contiguous()
         hidden = weight_hh.shape[1]
         states, gates = _paper_forward_loop(projected, h0, weight_hh)
@@ -202,15 +212,23 @@ class _PaperLayer(torch.autograd.Function):
         factors[..., :hidden].mul_(gates[..., 2 * hidden :])
         factors[..., hidden : 2 * hidden].mul_(previous)
         candidate = gates[..., 2 * hidden :]
-        torch.addcmul(gates[..., :hidden], gates[..., :hidden] * candidate, candidate, value=-1.0, out=factors[..., 2 * hidden :])  # i ⊙ (1 − h~²)
+        torch.addcmul(
+            gates[..., :hidden], gates[..., :hidden] * candidate, candidate, value=-1.0, out=factors[..., 2 * hidden :]
+        )  # i ⊙ (1 − h~²)
         grad_h0 = _paper_backward_loop(grad_states, factors, gates, weight_hh, grad_projected)
         flat = grad_projected.view(steps * batch, 4 * hidden)
-        grad_weight_hh = flat[:, : 3 * hidden].t().mm(previous.view(steps * batch, hidden)) if ctx.needs_input_grad[2] else None
-        grad_weight_ho = flat[:, 3 * hidden :].t().mm(states.view(steps * batch, hidden)) if ctx.needs_input_grad[3] else None
+        grad_weight_hh = (
+            flat[:, : 3 * hidden].t().mm(previous.view(steps * batch, hidden)) if ctx.needs_input_grad[2] else None
+        )
+        grad_weight_ho = (
+            flat[:, 3 * hidden :].t().mm(states.view(steps * batch, hidden)) if ctx.needs_input_grad[3] else None
+        )
         return grad_projected, grad_h0 if ctx.needs_input_grad[1] else None, grad_weight_hh, grad_weight_ho
 
 
-def paper_layer(projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, weight_ho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def paper_layer(
+    projected: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, weight_ho: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One paper layer after its input projection: (T, B, 4H), (B, H) → outputs y (T, B, H), h_T (B, H).
 
     The recurrence runs in the weights' dtype with autocast off: under mixed precision the
@@ -272,7 +290,12 @@ class PaperLSTM(nn.Module):
                 parameter.data.mul_(RECURRENT_INIT_SCALE)
 
     def layer_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (getattr(self, f"weight_ih_l{layer}"), getattr(self, f"weight_hh_l{layer}"), getattr(self, f"weight_ho_l{layer}"), getattr(self, f"bias_l{layer}"))
+        return (
+            getattr(self, f"weight_ih_l{layer}"),
+            getattr(self, f"weight_hh_l{layer}"),
+            getattr(self, f"weight_ho_l{layer}"),
+            getattr(self, f"bias_l{layer}"),
+        )
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (batch, time, in), h0 (layers, batch, H) → outputs y (batch, time, H), h_T (layers, batch, H)."""
@@ -353,7 +376,9 @@ class LSTMCell(Cell):
     inspect_kinds = ("c", "h")
 
     def build(self, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
-        return nn.LSTM(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+        return nn.LSTM(
+            input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True
+        )
 
     def shapes(self, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
         return _torch_shapes(4, input_size, hidden_size, num_layers)
@@ -399,14 +424,23 @@ class GRUCell(Cell):
     """torch.nn.GRU; steps use `gru_update` (two GEMMs per layer: r gates only the state's part of n)."""
 
     def build(self, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
-        return nn.GRU(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+        return nn.GRU(
+            input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True
+        )
 
     def shapes(self, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
         return _torch_shapes(3, input_size, hidden_size, num_layers)
 
     def make_step(self, rnn: nn.Module, num_layers: int) -> Step:
-        layers = [tuple(_weight(rnn, name, k).t().contiguous() if name.startswith("weight") else _weight(rnn, name, k).contiguous()
-                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for k in range(num_layers)]
+        layers = [
+            tuple(
+                _weight(rnn, name, k).t().contiguous()
+                if name.startswith("weight")
+                else _weight(rnn, name, k).contiguous()
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            for k in range(num_layers)
+        ]
 
         def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
             (h_all,) = state
@@ -451,8 +485,13 @@ class PaperCell(Cell):
 
     def make_step(self, rnn: nn.Module, num_layers: int) -> Step:
         # Three GEMVs per layer and no wasted weight reads: x·W_ihᵀ (4H), h·W_hhᵀ (3H), h_new·W_hoᵀ (H).
-        layers = [tuple(w.detach().float().t().contiguous() if w.dim() == 2 else w.detach().float().contiguous() for w in _paper_weights(rnn, k))
-                  for k in range(num_layers)]
+        layers = [
+            tuple(
+                w.detach().float().t().contiguous() if w.dim() == 2 else w.detach().float().contiguous()
+                for w in _paper_weights(rnn, k)
+            )
+            for k in range(num_layers)
+        ]
 
         def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
             (h_all,) = state
@@ -521,7 +560,9 @@ def rnn_shapes(name: str, input_size: int, hidden_size: int, num_layers: int) ->
     return cell(name).shapes(input_size, hidden_size, num_layers)
 
 
-def initial_state(name: str, num_layers: int, batch_size: int, hidden_size: int, device: torch.device | str | None, dtype: torch.dtype) -> State:
+def initial_state(
+    name: str, num_layers: int, batch_size: int, hidden_size: int, device: torch.device | str | None, dtype: torch.dtype
+) -> State:
     shape = (num_layers, batch_size, hidden_size)
     return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in cell(name).state_names)
 

@@ -45,7 +45,9 @@ def write(path: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -
 
     payload = save_safetensors(tensors)
     with atomic_writer(path) as handle, zipfile.ZipFile(handle, "w") as archive:
-        archive.writestr("state.json", json.dumps({"format": FORMAT, "format_version": VERSION, **state}), zipfile.ZIP_DEFLATED)
+        archive.writestr(
+            "state.json", json.dumps({"format": FORMAT, "format_version": VERSION, **state}), zipfile.ZIP_DEFLATED
+        )
         archive.writestr("tensors.safetensors", payload, zipfile.ZIP_STORED)
 
 
@@ -56,7 +58,9 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     members = read_members(path, MEMBERS, what="checkpoint")
     state = parse_json_member(members["state.json"], "state.json", path)
     if state.get("format") != FORMAT or state.get("format_version") != VERSION:
-        raise LstmgenError(f"{path} is not an lstmgen checkpoint of version {VERSION}; start over with {ref(RunOptions, 'overwrite')}")
+        raise LstmgenError(
+            f"{path} is not an lstmgen checkpoint of version {VERSION}; start over with {ref(RunOptions, 'overwrite')}"
+        )
     return state, parse_safetensors(members["tensors.safetensors"], path, "tensors.safetensors")
 
 
@@ -86,22 +90,34 @@ def saved_configs(output: Path) -> tuple[ModelConfig, TrainConfig] | None:
         return None
     members = read_members(path, MEMBERS, what="checkpoint")
     fingerprint = parse_json_member(members["state.json"], "state.json", path).get("fingerprint", {})
-    return (from_dict(ModelConfig, fingerprint.get("model"), "checkpoint model config"),
-            from_dict(TrainConfig, fingerprint.get("train"), "checkpoint train config"))
+    return (
+        from_dict(ModelConfig, fingerprint.get("model"), "checkpoint model config"),
+        from_dict(TrainConfig, fingerprint.get("train"), "checkpoint train config"),
+    )
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume with another corpus, tokenizer, model or training option that is not `resumable`."""
     overwrite = ref(RunOptions, "overwrite")
-    for key, what in (("tokenizer_sha256", "the tokenizer"), ("corpus_sha256", "the corpus"), ("tokens_sha256", "the tokenized corpus")):
+    for key, what in (
+        ("tokenizer_sha256", "the tokenizer"),
+        ("corpus_sha256", "the corpus"),
+        ("tokens_sha256", "the tokenized corpus"),
+    ):
         if saved.get(key) != current.get(key):
-            raise LstmgenError(f"cannot resume: {what} differs from the checkpoint's; use the same corpus and tokenizer, or start over with {overwrite}")
+            raise LstmgenError(
+                f"cannot resume: {what} differs from the checkpoint's; use the same corpus and tokenizer, or start over with {overwrite}"
+            )
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
         old, new = saved.get(section, {}), current[section]
         defaults = to_dict(TrainConfig()) if cls is TrainConfig else {}
         for option in declared(cls):
             if option.resumable or option.name not in new:
                 continue
-            if old.get(option.name, defaults.get(option.name)) != new[option.name]:  # a setting newer than the checkpoint had its default
-                raise LstmgenError(f"cannot resume: {option.ref} differs (checkpoint {old.get(option.name)!r}, now {new[option.name]!r}); "
-                                   f"drop the option or start over with {overwrite}")
+            if (
+                old.get(option.name, defaults.get(option.name)) != new[option.name]
+            ):  # a setting newer than the checkpoint had its default
+                raise LstmgenError(
+                    f"cannot resume: {option.ref} differs (checkpoint {old.get(option.name)!r}, now {new[option.name]!r}); "
+                    f"drop the option or start over with {overwrite}"
+                )

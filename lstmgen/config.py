@@ -33,21 +33,35 @@ QUANTIZE = ("none", "int8")
 
 T = TypeVar("T")
 
-_DOCUMENTS_HELP = ("Where documents end (an end-of-text token follows each): file (each corpus file is one document) or blank-line "
-                   "(a run of blank lines also ends one, e.g. one poem per paragraph).")
+_DOCUMENTS_HELP = (
+    "Where documents end (an end-of-text token follows each): file (each corpus file is one document) or blank-line "
+    "(a run of blank lines also ends one, e.g. one poem per paragraph)."
+)
 
 
 @dataclass
 class TokenizerConfig:
     """How the SentencePiece tokenizer is trained. `None` means "choose from the corpus"."""
 
-    vocab_size: int | None = option(None, low=8, high=1 << 20, help="Size of the tokenizer's vocabulary.", default_text="chosen from the corpus")
+    vocab_size: int | None = option(
+        None, low=8, high=1 << 20, help="Size of the tokenizer's vocabulary.", default_text="chosen from the corpus"
+    )
     model_type: str = option("unigram", choices=MODEL_TYPES, help="The SentencePiece model: unigram, bpe or char.")
-    character_coverage: float | None = option(None, low=0.9, high=1.0, metavar="SHARE",
-                                              help="Share of the corpus's characters kept as pieces of their own; the rarest fall back to bytes.",
-                                              default_text="1.0, or 0.9995 for scripts of more than 1,000 characters")
-    max_training_bytes: int = option(16 * 1024 * 1024, flag=None, low=1 << 16, high=1 << 50,
-                                     help="Bytes of the corpus, sampled evenly, that the tokenizer is trained on.")
+    character_coverage: float | None = option(
+        None,
+        low=0.9,
+        high=1.0,
+        metavar="SHARE",
+        help="Share of the corpus's characters kept as pieces of their own; the rarest fall back to bytes.",
+        default_text="1.0, or 0.9995 for scripts of more than 1,000 characters",
+    )
+    max_training_bytes: int = option(
+        16 * 1024 * 1024,
+        flag=None,
+        low=1 << 16,
+        high=1 << 50,
+        help="Bytes of the corpus, sampled evenly, that the tokenizer is trained on.",
+    )
     documents: str = option("file", choices=DOCUMENTS, help=_DOCUMENTS_HELP)
 
     def validate(self) -> None:
@@ -58,16 +72,33 @@ class TokenizerConfig:
 class ModelConfig:
     """Sizes of the embedding → recurrent cell → head network (see docs/bundle-format.md)."""
 
-    vocab_size: int = option(flag=None, low=2, high=1 << 22, help="Tokens the model knows: always the tokenizer's vocabulary size.")
-    embedding_size: int = option(512, low=1, high=1 << 16, help="Size of the token embeddings.", default_text="the hidden size")
-    hidden_size: int = option(512, low=1, high=1 << 16, help="Units per recurrent layer.", default_text="from the corpus size and the device")
-    num_layers: int = option(2, flag="--layers", low=1, high=64, help="Number of recurrent layers.",
-                             default_text="from the corpus size")
-    dropout: float = option(0.2, low=0.0, high=1.0, high_open=True, metavar="RATE",
-                            help="Dropout between layers and on the embeddings and outputs.",
-                            default_text="0.2, or 0.3 when the budget buys 15 or more passes over the corpus")
+    vocab_size: int = option(
+        flag=None, low=2, high=1 << 22, help="Tokens the model knows: always the tokenizer's vocabulary size."
+    )
+    embedding_size: int = option(
+        512, low=1, high=1 << 16, help="Size of the token embeddings.", default_text="the hidden size"
+    )
+    hidden_size: int = option(
+        512, low=1, high=1 << 16, help="Units per recurrent layer.", default_text="from the corpus size and the device"
+    )
+    num_layers: int = option(
+        2, flag="--layers", low=1, high=64, help="Number of recurrent layers.", default_text="from the corpus size"
+    )
+    dropout: float = option(
+        0.2,
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        metavar="RATE",
+        help="Dropout between layers and on the embeddings and outputs.",
+        default_text="0.2, or 0.3 when the budget buys 15 or more passes over the corpus",
+    )
     tie_weights: bool = option(True, negative="--no-tie-weights", help="Share the embedding and output weights.")
-    cell: str = option("lstm", choices=CELLS, help="The recurrent cell: lstm (torch.nn.LSTM), gru, or paper (the design document's LSTM; see docs/cells.md).")
+    cell: str = option(
+        "lstm",
+        choices=CELLS,
+        help="The recurrent cell: lstm (torch.nn.LSTM), gru, or paper (the design document's LSTM; see docs/cells.md).",
+    )
 
     def validate(self) -> None:
         validate(self)
@@ -81,33 +112,95 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, schedule, stopping and bookkeeping for one training run."""
 
-    batch_size: int = option(32, low=1, high=1 << 16, help="Parallel streams per step.", default_text="32 on a CPU, 128 on a GPU")
-    seq_len: int = option(32, low=1, high=1 << 16, help="Tokens per window of truncated backpropagation.", default_text="32 on a CPU, 128 on a GPU")
-    learning_rate: float = option(6e-3, flag="--lr", low=0.0, high=10.0, low_open=True, metavar="RATE", help="Peak learning rate of AdamW.",
-                                  default_text="6e-3 on a CPU, 3e-3 on a GPU")
-    min_lr_ratio: float = option(0.05, flag=None, low=0.0, high=1.0, help="Where the cosine decay ends, as a share of the peak learning rate.")
+    batch_size: int = option(
+        32, low=1, high=1 << 16, help="Parallel streams per step.", default_text="32 on a CPU, 128 on a GPU"
+    )
+    seq_len: int = option(
+        32,
+        low=1,
+        high=1 << 16,
+        help="Tokens per window of truncated backpropagation.",
+        default_text="32 on a CPU, 128 on a GPU",
+    )
+    learning_rate: float = option(
+        6e-3,
+        flag="--lr",
+        low=0.0,
+        high=10.0,
+        low_open=True,
+        metavar="RATE",
+        help="Peak learning rate of AdamW.",
+        default_text="6e-3 on a CPU, 3e-3 on a GPU",
+    )
+    min_lr_ratio: float = option(
+        0.05, flag=None, low=0.0, high=1.0, help="Where the cosine decay ends, as a share of the peak learning rate."
+    )
     warmup_steps: int = option(50, low=0, high=1 << 40, help="Steps of linear learning-rate warm-up.")
     weight_decay: float = option(0.01, low=0.0, high=10.0, help="AdamW weight decay.")
-    grad_clip: float = option(1.0, low=0.0, high=1e6, low_open=True, help="Largest gradient norm; larger gradients are scaled down to it.")
-    max_time: float | None = option(None, duration=True, low=0.0, high=1e9, low_open=True, resumable=True,
-                                    help="Stop after this long, e.g. 90s, 5m or 2h.", default_text="15m when no other limit is given")
+    grad_clip: float = option(
+        1.0, low=0.0, high=1e6, low_open=True, help="Largest gradient norm; larger gradients are scaled down to it."
+    )
+    max_time: float | None = option(
+        None,
+        duration=True,
+        low=0.0,
+        high=1e9,
+        low_open=True,
+        resumable=True,
+        help="Stop after this long, e.g. 90s, 5m or 2h.",
+        default_text="15m when no other limit is given",
+    )
     max_steps: int | None = option(None, low=1, high=1 << 40, resumable=True, help="Stop after this many steps.")
-    epochs: float | None = option(None, low=0.0, high=1e6, low_open=True, resumable=True, help="Stop after this many passes over the corpus.")
-    reset_every: int = option(2048, low=0, high=1 << 40,
-                              help="Mean tokens between a stream's restarts from a fresh state at a paragraph start; 0 never.")
-    val_fraction: float = option(0.1, low=0.0, high=0.5, low_open=True, metavar="SHARE", help="Share of the corpus tail held out for validation.")
-    val_every: int | None = option(None, resumable=True, low=1, high=1 << 40, help="Validate every N steps.",
-                                   default_text="as often as keeps validation near 3 % of the time")
-    val_max_tokens: int = option(250_000, flag=None, low=1, high=1 << 40, help="The most held-out tokens a validation reads.")
+    epochs: float | None = option(
+        None, low=0.0, high=1e6, low_open=True, resumable=True, help="Stop after this many passes over the corpus."
+    )
+    reset_every: int = option(
+        2048,
+        low=0,
+        high=1 << 40,
+        help="Mean tokens between a stream's restarts from a fresh state at a paragraph start; 0 never.",
+    )
+    val_fraction: float = option(
+        0.1, low=0.0, high=0.5, low_open=True, metavar="SHARE", help="Share of the corpus tail held out for validation."
+    )
+    val_every: int | None = option(
+        None,
+        resumable=True,
+        low=1,
+        high=1 << 40,
+        help="Validate every N steps.",
+        default_text="as often as keeps validation near 3 % of the time",
+    )
+    val_max_tokens: int = option(
+        250_000, flag=None, low=1, high=1 << 40, help="The most held-out tokens a validation reads."
+    )
     seed: int = option(1234, low=0, high=2**63 - 1, help="Random seed; a fixed seed makes a CPU run reproducible.")
-    device: str = option("auto", choices=DEVICES, resumable=True, help="Where to train: auto (a GPU when there is one), cpu, cuda or mps.")
+    device: str = option(
+        "auto",
+        choices=DEVICES,
+        resumable=True,
+        help="Where to train: auto (a GPU when there is one), cpu, cuda or mps.",
+    )
     log_every: int = option(10, low=1, high=1 << 40, resumable=True, help="Log the training loss every N steps.")
-    checkpoint_every: float = option(600.0, duration=True, low=0.0, high=1e9, low_open=True, resumable=True,
-                                     help="Write a checkpoint this often, e.g. 10m.")
+    checkpoint_every: float = option(
+        600.0,
+        duration=True,
+        low=0.0,
+        high=1e9,
+        low_open=True,
+        resumable=True,
+        help="Write a checkpoint this often, e.g. 10m.",
+    )
     threads: int | None = option(None, low=1, high=4096, resumable=True, help="CPU threads.", default_text="all cores")
-    precision: str = option("auto", choices=PRECISIONS, resumable=True,
-                            help="GPU autocast: auto (bf16 where the GPU supports it, else fp32), fp32, bf16 or fp16.")
-    compile: bool = option(False, resumable=True, negative="--no-compile", help="Compile the model with torch.compile (for GPU runs).")
+    precision: str = option(
+        "auto",
+        choices=PRECISIONS,
+        resumable=True,
+        help="GPU autocast: auto (bf16 where the GPU supports it, else fp32), fp32, bf16 or fp16.",
+    )
+    compile: bool = option(
+        False, resumable=True, negative="--no-compile", help="Compile the model with torch.compile (for GPU runs)."
+    )
 
     def validate(self) -> None:
         validate(self)
@@ -117,16 +210,39 @@ class TrainConfig:
 class RunOptions:
     """What a training run reads and writes, and how it treats what is already there."""
 
-    output: Path | None = option(None, short="-o", flag="--output", metavar="MODEL.lstmgen", help="The bundle to write.",
-                                 default_text="FIRST-CORPUS-NAME.lstmgen")
-    tokenizer: Path | None = option(None, metavar="DIR", help="A directory made by `lstmgen tokenize` whose tokenizer and encoding to use.",
-                                    default_text="train a tokenizer")
-    init_from: str | Path | None = option(None, metavar="MODEL",
-                                   help="Start from this model's weights and tokenizer (fine-tuning): a bundle path or a model name, as -m takes it.")
-    config: Path | None = option(None, metavar="RUN.toml", help="A TOML file with [tokenizer], [model] and [train] tables; options given here override it.")
+    output: Path | None = option(
+        None,
+        short="-o",
+        flag="--output",
+        metavar="MODEL.lstmgen",
+        help="The bundle to write.",
+        default_text="FIRST-CORPUS-NAME.lstmgen",
+    )
+    tokenizer: Path | None = option(
+        None,
+        metavar="DIR",
+        help="A directory made by `lstmgen tokenize` whose tokenizer and encoding to use.",
+        default_text="train a tokenizer",
+    )
+    init_from: str | Path | None = option(
+        None,
+        metavar="MODEL",
+        help="Start from this model's weights and tokenizer (fine-tuning): a bundle path or a model name, as -m takes it.",
+    )
+    config: Path | None = option(
+        None,
+        metavar="RUN.toml",
+        help="A TOML file with [tokenizer], [model] and [train] tables; options given here override it.",
+    )
     resume: bool = option(False, help="Continue the run that wrote the output exactly where it stopped.")
-    overwrite: bool = option(False, help="Start over when the output already holds a model or its run a checkpoint (both are replaced).")
-    errors: str = option("strict", choices=ERRORS, help="Invalid UTF-8 in the corpus: strict (refuse it, with its byte offset) or replace it with U+FFFD.")
+    overwrite: bool = option(
+        False, help="Start over when the output already holds a model or its run a checkpoint (both are replaced)."
+    )
+    errors: str = option(
+        "strict",
+        choices=ERRORS,
+        help="Invalid UTF-8 in the corpus: strict (refuse it, with its byte offset) or replace it with U+FFFD.",
+    )
 
     def validate(self) -> None:
         validate(self)
@@ -136,22 +252,69 @@ class RunOptions:
 class SamplingOptions:
     """Every knob of generation: the flags of `lstmgen sample` and the keywords of LanguageModel.generate."""
 
-    temperature: float = option(1.0, flag="--temp", aliases=("--temperature",), low=0, high=100, rule="a number from 0 (greedy) to 100",
-                                help="Sampling temperature; 0 always picks the most likely token.")
-    top_k: int = option(0, low=0, high=None, rule="a whole number ≥ 0 (0 turns it off)", help="Keep only the k most likely tokens; 0 keeps all.")
-    top_p: float = option(1.0, low=0.0, high=1.0, low_open=True, rule="in (0, 1] (1 turns it off)", metavar="P",
-                          help="Nucleus sampling: keep the smallest set of likely tokens that holds this much probability; 1 keeps all.")
-    min_p: float = option(0.0, low=0.0, high=1.0, high_open=True, rule="in [0, 1) (0 turns it off)", metavar="P",
-                          help="Drop tokens less likely than this fraction of the most likely one; 0 keeps all.")
-    repetition_penalty: float = option(1.0, low=1.0, high=100.0, rule="a number from 1 (off) to 100", metavar="FACTOR",
-                                       help="Make recently seen tokens less likely by this factor; 1 turns it off.")
-    repetition_window: int = option(64, low=1, high=1 << 20, help="How many recent tokens the repetition penalty looks at.")
+    temperature: float = option(
+        1.0,
+        flag="--temp",
+        aliases=("--temperature",),
+        low=0,
+        high=100,
+        rule="a number from 0 (greedy) to 100",
+        help="Sampling temperature; 0 always picks the most likely token.",
+    )
+    top_k: int = option(
+        0,
+        low=0,
+        high=None,
+        rule="a whole number ≥ 0 (0 turns it off)",
+        help="Keep only the k most likely tokens; 0 keeps all.",
+    )
+    top_p: float = option(
+        1.0,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        rule="in (0, 1] (1 turns it off)",
+        metavar="P",
+        help="Nucleus sampling: keep the smallest set of likely tokens that holds this much probability; 1 keeps all.",
+    )
+    min_p: float = option(
+        0.0,
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        rule="in [0, 1) (0 turns it off)",
+        metavar="P",
+        help="Drop tokens less likely than this fraction of the most likely one; 0 keeps all.",
+    )
+    repetition_penalty: float = option(
+        1.0,
+        low=1.0,
+        high=100.0,
+        rule="a number from 1 (off) to 100",
+        metavar="FACTOR",
+        help="Make recently seen tokens less likely by this factor; 1 turns it off.",
+    )
+    repetition_window: int = option(
+        64, low=1, high=1 << 20, help="How many recent tokens the repetition penalty looks at."
+    )
     max_tokens: int = option(200, low=0, high=10**9, help="The most tokens each sample generates.")
-    max_chars: int | None = option(None, low=0, high=10**12, rule="a whole number ≥ 0", help="End a sample after this many characters.")
-    stop: Sequence[str] = option(default_factory=tuple, metavar="TEXT", rule="non-empty strings",
-                                 help="End a sample where this text appears (it is not printed); give it again for more.")
-    seed: int | None = option(None, low=0, high=2**63 - 1, rule="a whole number from 0 to 2^63-1", help="Random seed; the same seed gives the same text.",
-                              default_text="a new one each time")
+    max_chars: int | None = option(
+        None, low=0, high=10**12, rule="a whole number ≥ 0", help="End a sample after this many characters."
+    )
+    stop: Sequence[str] = option(
+        default_factory=tuple,
+        metavar="TEXT",
+        rule="non-empty strings",
+        help="End a sample where this text appears (it is not printed); give it again for more.",
+    )
+    seed: int | None = option(
+        None,
+        low=0,
+        high=2**63 - 1,
+        rule="a whole number from 0 to 2^63-1",
+        help="Random seed; the same seed gives the same text.",
+        default_text="a new one each time",
+    )
 
     def validate(self) -> None:
         stop = declared_by_name(SamplingOptions)["stop"]
@@ -164,12 +327,22 @@ class SamplingOptions:
 class InferenceOptions:
     """Where and how a loaded model runs: the keywords of `lstmgen.load` and flags of sample, eval and inspect."""
 
-    device: str = option("cpu", choices=INFERENCE_DEVICES, help="Where the model runs: cpu, cuda, mps or auto (a GPU when there is one).")
-    quantize: str = option("none", choices=QUANTIZE,
-                           help="int8 runs int8 weights and activations on the CPU: faster for larger models, a little less exact "
-                                "(eval --quantize int8 measures the cost).")
-    threads: int | None = option(None, low=1, high=4096, help="CPU threads; 1 is often fastest for one sample on a busy machine.",
-                                 default_text="all cores")
+    device: str = option(
+        "cpu", choices=INFERENCE_DEVICES, help="Where the model runs: cpu, cuda, mps or auto (a GPU when there is one)."
+    )
+    quantize: str = option(
+        "none",
+        choices=QUANTIZE,
+        help="int8 runs int8 weights and activations on the CPU: faster for larger models, a little less exact "
+        "(eval --quantize int8 measures the cost).",
+    )
+    threads: int | None = option(
+        None,
+        low=1,
+        high=4096,
+        help="CPU threads; 1 is often fastest for one sample on a busy machine.",
+        default_text="all cores",
+    )
 
     def validate(self) -> None:
         validate(self)
@@ -207,14 +380,26 @@ def _coerce(cls: type, name: str, value: Any, what: str) -> Any:
         return float(value)
     if declared.kind == "strings" and isinstance(value, list):
         return tuple(value)
-    fits = {"bool": (bool,), "int": (int,), "float": (float,), "str": (str,), "path": (str,), "strings": (tuple, list)}[declared.kind]
+    fits = {"bool": (bool,), "int": (int,), "float": (float,), "str": (str,), "path": (str,), "strings": (tuple, list)}[
+        declared.kind
+    ]
     if not isinstance(value, fits) or (isinstance(value, bool) and declared.kind != "bool"):
         raise LstmgenError(f"{what}: {name} must be {declared.describe()}, not {value!r}")
     return value
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
+_UNIT_SECONDS = {
+    None: 1.0,
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "d": 86400.0,
+}
 
 
 def parse_duration(text: str, name: str = "--max-time") -> float:
@@ -274,7 +459,9 @@ def apply_settings(config: Any, settings: dict[str, Any], section: str) -> None:
     settable = {name for name, o in fields.items() if o.flag or o.default is not None}
     for name, value in settings.items():
         if name not in fields:
-            raise LstmgenError(f"config file: [{section}] has no setting {name!r}; valid: {', '.join(sorted(settable))}")
+            raise LstmgenError(
+                f"config file: [{section}] has no setting {name!r}; valid: {', '.join(sorted(settable))}"
+            )
         if name not in settable:
             raise LstmgenError(f"config file: [{section}] {name} cannot be set: {fields[name].help}")
         if fields[name].duration and isinstance(value, str):

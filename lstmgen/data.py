@@ -73,19 +73,25 @@ def check_corpus_file(path: Path) -> int:
             f"`lstmgen train CORPUS.txt --init-from {path}`"
         )
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise LstmgenError(f"corpus {path} is UTF-16 text; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 {path} > out.txt)")
+        raise LstmgenError(
+            f"corpus {path} is UTF-16 text; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8 {path} > out.txt)"
+        )
     encoding = _utf16_without_bom(head)
     if encoding is not None:
-        raise LstmgenError(f"corpus {path} looks like {encoding} text without a byte-order mark; convert it to UTF-8 first "
-                           f"(iconv -f {encoding} -t UTF-8 {path} > out.txt)")
+        raise LstmgenError(
+            f"corpus {path} looks like {encoding} text without a byte-order mark; convert it to UTF-8 first "
+            f"(iconv -f {encoding} -t UTF-8 {path} > out.txt)"
+        )
     if b"\x00" in head and not _utf8_prefix(head):
         # An image, archive or executable: saying "convert it to UTF-8" would send the user the wrong way.
-        raise LstmgenError(f"corpus {path} looks like a binary file (NUL bytes and invalid UTF-8 near its start), not text; pass a UTF-8 text file")
+        raise LstmgenError(
+            f"corpus {path} looks like a binary file (NUL bytes and invalid UTF-8 near its start), not text; pass a UTF-8 text file"
+        )
     return info.st_size
 
 
 def _utf16_without_bom(head: bytes) -> str | None:
-    """"UTF-16LE" or "UTF-16BE" when `head` reads as ASCII-range text in UTF-16 (a NUL byte beside nearly every
+    """ "UTF-16LE" or "UTF-16BE" when `head` reads as ASCII-range text in UTF-16 (a NUL byte beside nearly every
     character, always on the same side), else None: such a file is text in the wrong encoding, not a binary file."""
     pairs = len(head) // 2
     if pairs < 2:
@@ -139,8 +145,10 @@ class CorpusReader:
                 except OSError as error:
                     raise LstmgenError(f"cannot read corpus {self.path}: {error.strerror or error}") from None
                 if not chunk and offset < self.size:
-                    raise LstmgenError(f"corpus {self.path} changed while it was read ({self.size:,} bytes when it was opened, "
-                                       f"{offset:,} now); run again once nothing writes to it")
+                    raise LstmgenError(
+                        f"corpus {self.path} changed while it was read ({self.size:,} bytes when it was opened, "
+                        f"{offset:,} now); run again once nothing writes to it"
+                    )
                 digest.update(chunk)
                 buffered = len(decoder.getstate()[0])
                 try:
@@ -154,7 +162,9 @@ class CorpusReader:
                 offset += len(chunk)
                 self.bytes_read = offset
                 if "\x00" in text and self.errors == "strict":
-                    raise LstmgenError(f"corpus {self.path} looks like a binary file (it contains NUL bytes); pass a text file")
+                    raise LstmgenError(
+                        f"corpus {self.path} looks like a binary file (it contains NUL bytes); pass a text file"
+                    )
                 pending += text
                 lines = pending.split("\n")
                 pending = lines.pop()
@@ -237,11 +247,15 @@ class TokenizedCorpus:
         directory = Path(directory)
         meta_path = directory / "tokens.json"
         if not directory.is_dir():
-            raise LstmgenError(f"tokenized corpus {directory} is not a directory; create it with `lstmgen tokenize CORPUS -o {directory}`")
+            raise LstmgenError(
+                f"tokenized corpus {directory} is not a directory; create it with `lstmgen tokenize CORPUS -o {directory}`"
+            )
         try:
             meta = json.loads(_read_regular_file(meta_path, TOKENS_JSON_LIMIT).decode("utf-8"))
         except FileNotFoundError:
-            raise LstmgenError(f"{directory} holds no tokens.json; create it with `lstmgen tokenize CORPUS -o {directory}`") from None
+            raise LstmgenError(
+                f"{directory} holds no tokens.json; create it with `lstmgen tokenize CORPUS -o {directory}`"
+            ) from None
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             raise LstmgenError(f"{meta_path} is damaged; recreate it with `lstmgen tokenize`") from None
         corpus = cls(directory, meta)
@@ -253,7 +267,13 @@ class TokenizedCorpus:
         try:
             ok = meta["format"] == TOKENS_FORMAT and meta["version"] == TOKENS_VERSION
             dtype = np.dtype(meta["dtype"])
-            numbers = (meta["num_tokens"], meta["vocab_size"], meta["split"]["index"], meta["split"]["val_bytes"], meta["split"]["val_chars"])
+            numbers = (
+                meta["num_tokens"],
+                meta["vocab_size"],
+                meta["split"]["index"],
+                meta["split"]["val_bytes"],
+                meta["split"]["val_chars"],
+            )
             ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers)
             # Values the CLI and the trainer read without further checks (a hand-edited file must not crash them).
             ok = ok and isinstance(meta.get("tokenizer", {}), dict) and isinstance(meta.get("files", []), list)
@@ -263,19 +283,25 @@ class TokenizedCorpus:
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             ok = False
         if not ok:
-            raise LstmgenError(f"{self.meta_path} is not an lstmgen tokens file of version {TOKENS_VERSION}; recreate it with `lstmgen tokenize`")
+            raise LstmgenError(
+                f"{self.meta_path} is not an lstmgen tokens file of version {TOKENS_VERSION}; recreate it with `lstmgen tokenize`"
+            )
         if dtype not in (np.dtype("uint16"), np.dtype("uint32")) or not 0 < split <= int(meta["num_tokens"]):
             raise LstmgenError(f"{self.meta_path} is inconsistent; recreate it with `lstmgen tokenize`")
         for path in (self.tokens_path, self.tokenizer_path):
             with contextlib.suppress(OSError):
                 if not stat.S_ISREG(path.stat().st_mode):  # a FIFO here would block the reader forever
-                    raise LstmgenError(f"{path} is not a regular file; recreate {self.directory} with `lstmgen tokenize`")
+                    raise LstmgenError(
+                        f"{path} is not a regular file; recreate {self.directory} with `lstmgen tokenize`"
+                    )
         try:
             actual = self.tokens_path.stat().st_size
         except OSError:
             actual = -1
         if actual != expected:
-            raise LstmgenError(f"{self.tokens_path} is incomplete ({actual} bytes, expected {expected}); recreate it with `lstmgen tokenize`")
+            raise LstmgenError(
+                f"{self.tokens_path} is incomplete ({actual} bytes, expected {expected}); recreate it with `lstmgen tokenize`"
+            )
 
 
 def _read_regular_file(path: Path, limit: int) -> bytes:
@@ -315,14 +341,21 @@ def encode_corpus(
     matches its tokens.bin is always complete.
     """
     if documents not in DOCUMENTS:
-        raise LstmgenError(f"{ref(TokenizerConfig, 'documents')} must be one of {', '.join(DOCUMENTS)}, not {documents!r}")
+        raise LstmgenError(
+            f"{ref(TokenizerConfig, 'documents')} must be one of {', '.join(DOCUMENTS)}, not {documents!r}"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     readers = [CorpusReader(p, errors) for p in paths]
     total_bytes = sum(r.size for r in readers)
-    encoder = _CorpusEncoder(tokenizer, split_at_byte=int(round(total_bytes * (1.0 - val_fraction))), blank_lines=documents == "blank-line")
+    encoder = _CorpusEncoder(
+        tokenizer, split_at_byte=int(round(total_bytes * (1.0 - val_fraction))), blank_lines=documents == "blank-line"
+    )
     with atomic_writer(directory / "tokens.bin") as handle:
-        files = [encoder.encode_file(handle, reader, lambda done: on_progress(done, total_bytes) if on_progress else None) for reader in readers]
+        files = [
+            encoder.encode_file(handle, reader, lambda done: on_progress(done, total_bytes) if on_progress else None)
+            for reader in readers
+        ]
         # Checked before tokens.bin is renamed into place: a refused corpus leaves an earlier encoding intact.
         encoder.check_split(val_fraction)
         # The old sidecar must never describe the new tokens.bin (tokens.json is written last).
@@ -404,7 +437,13 @@ class _CorpusEncoder:
         if in_document or not self.blank_lines:
             self._write(handle, self.eos)
         progress(self.bytes_done)
-        return {"path": str(reader.path), "sha256": reader.sha256, "bytes": reader.size, "chars": chars, "tokens": self.num_tokens - tokens_before}
+        return {
+            "path": str(reader.path),
+            "sha256": reader.sha256,
+            "bytes": reader.size,
+            "chars": chars,
+            "tokens": self.num_tokens - tokens_before,
+        }
 
     def _write(self, handle: Any, array: np.ndarray) -> None:
         data = array.tobytes()
@@ -420,7 +459,9 @@ class _CorpusEncoder:
         self.line_breaks += sum(line.endswith("\n") for line in batch)
         if self.bytes_done + sum(sizes) > self.split_at_byte:
             self.carriage_returns_in_tail = self.carriage_returns_in_tail or any("\r" in line for line in batch)
-        if self.fast_encode is not None and (self.split is not None or self.bytes_done + sum(sizes) <= self.split_at_byte):
+        if self.fast_encode is not None and (
+            self.split is not None or self.bytes_done + sum(sizes) <= self.split_at_byte
+        ):
             self._write(handle, _encode_runs(self.fast_encode, self.dtype, batch, separators))
         else:
             encoded = self._line_ids(batch, separators)
@@ -456,16 +497,25 @@ class _CorpusEncoder:
         if self.split is None and self.num_tokens > 16:
             share = f"{val_fraction:.0%}"
             if self.carriage_returns_in_tail:
-                raise LstmgenError(f"no line starts in the last {share} of the corpus, where the validation split begins: its lines there end with a "
-                                   "bare carriage return (CR), which is not a line break here; convert the line endings (e.g. "
-                                   "`perl -pe 's/\\r\\n?/\\n/g' in.txt > out.txt`), or give a larger " + ref(TrainConfig, "val_fraction"))
+                raise LstmgenError(
+                    f"no line starts in the last {share} of the corpus, where the validation split begins: its lines there end with a "
+                    "bare carriage return (CR), which is not a line break here; convert the line endings (e.g. "
+                    "`perl -pe 's/\\r\\n?/\\n/g' in.txt > out.txt`), or give a larger "
+                    + ref(TrainConfig, "val_fraction")
+                )
             if not self.line_breaks:
-                raise LstmgenError("the corpus is one single line, and the validation split starts at a line; break the text into lines "
-                                   f"(the last {share} must hold at least one line start)")
-            raise LstmgenError(f"no line starts in the last {share} of the corpus, where the validation split begins (its last line is too "
-                               f"long); break that line into lines, or give a larger {ref(TrainConfig, 'val_fraction')}")
+                raise LstmgenError(
+                    "the corpus is one single line, and the validation split starts at a line; break the text into lines "
+                    f"(the last {share} must hold at least one line start)"
+                )
+            raise LstmgenError(
+                f"no line starts in the last {share} of the corpus, where the validation split begins (its last line is too "
+                f"long); break that line into lines, or give a larger {ref(TrainConfig, 'val_fraction')}"
+            )
         if self.split is None or self.split["index"] < 2 or self.split["index"] >= self.num_tokens - 1:
-            raise LstmgenError(f"the corpus is too small to hold out a validation split ({self.num_tokens} tokens); {more}")
+            raise LstmgenError(
+                f"the corpus is too small to hold out a validation split ({self.num_tokens} tokens); {more}"
+            )
 
 
 def _array_encoder(tokenizer: Any, dtype: np.dtype) -> Callable[[list[str]], np.ndarray] | None:
@@ -479,8 +529,12 @@ def _array_encoder(tokenizer: Any, dtype: np.dtype) -> Callable[[list[str]], np.
     return None
 
 
-def _encode_runs(encode: Callable[[list[str]], np.ndarray], dtype: np.dtype, batch: list[str],
-                 separators: list[list[int] | None] | None) -> np.ndarray:
+def _encode_runs(
+    encode: Callable[[list[str]], np.ndarray],
+    dtype: np.dtype,
+    batch: list[str],
+    separators: list[list[int] | None] | None,
+) -> np.ndarray:
     """The ids of a batch; separator lines (blank-line documents) get their given ids instead."""
     if separators is None:
         return encode(batch)
@@ -568,7 +622,11 @@ class FreshStarts:
         content = _line_has_text(newline | end, self.blank[tokens])
         if self.documents == "blank-line":
             return (end | (content & _shifted(newline, 1))) if kind == "line" else end & _has_before(end.shape, 1)
-        after = _shifted(end, 1) | _shifted(newline, 1) if kind == "line" else _shifted(end, 1) | (_shifted(newline, 1) & self._after_blank(newline, tokens))
+        after = (
+            _shifted(end, 1) | _shifted(newline, 1)
+            if kind == "line"
+            else _shifted(end, 1) | (_shifted(newline, 1) & self._after_blank(newline, tokens))
+        )
         return content & after
 
     def _after_blank(self, newline: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -667,8 +725,16 @@ class StreamBatcher:
     giving up the carried context in between.
     """
 
-    def __init__(self, tokens: np.ndarray, num_streams: int, seq_len: int, seed: int, streams: slice | None = None,
-                 fresh_starts: FreshStarts | None = None, reset_every: int = 0) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        num_streams: int,
+        seq_len: int,
+        seed: int,
+        streams: slice | None = None,
+        fresh_starts: FreshStarts | None = None,
+        reset_every: int = 0,
+    ) -> None:
         self.tokens = tokens
         self.num_streams = num_streams
         self.seq_len = seq_len
@@ -772,15 +838,25 @@ def tokenize_corpus(
     settings["errors"] = errors
     created = not os.path.lexists(directory)
     try:
-        return encode_corpus(paths, tokenizer, directory, val_fraction, settings, errors=errors, on_progress=on_progress,
-                             documents=getattr(config, "documents", "file"))
+        return encode_corpus(
+            paths,
+            tokenizer,
+            directory,
+            val_fraction,
+            settings,
+            errors=errors,
+            on_progress=on_progress,
+            documents=getattr(config, "documents", "file"),
+        )
     except BaseException:
         if created:  # a failed run leaves no half-made directory behind
             shutil.rmtree(directory, ignore_errors=True)
         raise
 
 
-def reusable_encoding(directory: Path, paths: Sequence[Path], config: Any, val_fraction: float, errors: str = "strict") -> TokenizedCorpus | None:
+def reusable_encoding(
+    directory: Path, paths: Sequence[Path], config: Any, val_fraction: float, errors: str = "strict"
+) -> TokenizedCorpus | None:
     """The encoding in `directory` if it was made from these exact files and settings, else None."""
     from .config import to_dict
 
@@ -806,8 +882,15 @@ def reusable_encoding(directory: Path, paths: Sequence[Path], config: Any, val_f
     return corpus
 
 
-def tokenize_files(corpus: Sequence[Path | str], output: Path | str | None = None, *, on_progress: ProgressCallback | None = None,
-                   val_fraction: float | None = None, errors: str | None = None, **tokenizer_options: Any) -> dict[str, Any]:
+def tokenize_files(
+    corpus: Sequence[Path | str],
+    output: Path | str | None = None,
+    *,
+    on_progress: ProgressCallback | None = None,
+    val_fraction: float | None = None,
+    errors: str | None = None,
+    **tokenizer_options: Any,
+) -> dict[str, Any]:
     """`lstmgen tokenize`: train a tokenizer on the corpus files and encode them into `output` (default FIRST-CORPUS-NAME.tok).
 
     Keyword arguments: the TokenizerConfig fields, `val_fraction` and `errors`, as `lstmgen.train` takes them.
@@ -828,11 +911,15 @@ def tokenize_files(corpus: Sequence[Path | str], output: Path | str | None = Non
     for path in paths:
         check_corpus_file(path)
         declare_input(path, "a corpus file")
-    check_output_directory(directory, "tokenized corpus", members=("tokens.bin", "tokens.json", "tokenizer.model"), marker="tokens.json")
+    check_output_directory(
+        directory, "tokenized corpus", members=("tokens.bin", "tokens.json", "tokenizer.model"), marker="tokens.json"
+    )
     started = time.perf_counter()
     tokenizer = train_tokenizer(sample_lines(paths, config.max_training_bytes, run.errors), config)
     trained = time.perf_counter()
-    meta = tokenize_corpus(paths, config, directory, settings.val_fraction, errors=run.errors, on_progress=on_progress, tokenizer=tokenizer).meta
+    meta = tokenize_corpus(
+        paths, config, directory, settings.val_fraction, errors=run.errors, on_progress=on_progress, tokenizer=tokenizer
+    ).meta
     encoded = time.perf_counter()
     return {
         "directory": str(directory),

@@ -23,9 +23,13 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise LstmgenError(f"{ref(TrainConfig, 'device')} cuda was asked for, but no CUDA GPU is available; use cpu or auto")
+        raise LstmgenError(
+            f"{ref(TrainConfig, 'device')} cuda was asked for, but no CUDA GPU is available; use cpu or auto"
+        )
     if name == "mps" and not _mps_available():
-        raise LstmgenError(f"{ref(TrainConfig, 'device')} mps was asked for, but Apple's MPS is not available; use cpu or auto")
+        raise LstmgenError(
+            f"{ref(TrainConfig, 'device')} mps was asked for, but Apple's MPS is not available; use cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -54,5 +58,7 @@ def check_inference(options: InferenceOptions) -> None:
     """Refuse impossible device, quantization and thread settings before any model is loaded."""
     options.validate()
     if options.quantize != "none" and options.device != "cpu":
-        raise LstmgenError(f"{ref(InferenceOptions, 'quantize')} {options.quantize} runs on the CPU; drop {ref(InferenceOptions, 'device')} "
-                           "or use the CPU")
+        raise LstmgenError(
+            f"{ref(InferenceOptions, 'quantize')} {options.quantize} runs on the CPU; drop {ref(InferenceOptions, 'device')} "
+            "or use the CPU"
+        )

@@ -101,12 +101,16 @@ def parts_nll(
         x = torch.from_numpy(inputs).to(device)
         y = torch.from_numpy(targets).to(device)
         logits, state = model(x, state)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         total += float(loss)
     return total, int(lengths.sum())
 
 
-def _stream_bounds(tokens: np.ndarray, num_streams: int, fresh_starts: FreshStarts | None) -> tuple[list[tuple[int, int]], bool]:
+def _stream_bounds(
+    tokens: np.ndarray, num_streams: int, fresh_starts: FreshStarts | None
+) -> tuple[list[tuple[int, int]], bool]:
     """Input ranges [start, end) of the parallel streams, and whether parts after the first start fresh.
 
     Input position i predicts token i + 1. A fresh part whose first target is p reads the start id
@@ -130,7 +134,9 @@ def _stream_bounds(tokens: np.ndarray, num_streams: int, fresh_starts: FreshStar
     return [b for b in bounds if b[1] > b[0]], True
 
 
-def sample_bounds(tokens: np.ndarray, num_tokens: int, num_streams: int, fresh_starts: FreshStarts) -> list[tuple[int, int]]:
+def sample_bounds(
+    tokens: np.ndarray, num_tokens: int, num_streams: int, fresh_starts: FreshStarts
+) -> list[tuple[int, int]]:
     """Parts of about `num_tokens` targets in all, spread evenly over `tokens`, each starting fresh at a paragraph start.
 
     A fixed sample of a long held-out text: validating on the same sample every time makes the
@@ -153,7 +159,9 @@ def sample_bounds(tokens: np.ndarray, num_tokens: int, num_streams: int, fresh_s
     return bounds
 
 
-def bounds_size(tokenizer: Tokenizer, tokens: np.ndarray, bounds: Sequence[tuple[int, int]], documents: str = "file") -> tuple[int, int]:
+def bounds_size(
+    tokenizer: Tokenizer, tokens: np.ndarray, bounds: Sequence[tuple[int, int]], documents: str = "file"
+) -> tuple[int, int]:
     """Bytes and characters of the text the targets of `bounds` spell (an end-of-text id of blank-line
     documents stands for the blank line it replaced)."""
     num_bytes = num_chars = 0
@@ -175,7 +183,9 @@ def default_streams(num_tokens: int) -> int:
     return int(min(MAX_STREAMS, max(1, num_tokens // TOKENS_PER_STREAM)))
 
 
-def encode_text_stream(tokenizer: Tokenizer, lines: Iterable[str], documents: str = "file") -> tuple[np.ndarray, int, int]:
+def encode_text_stream(
+    tokenizer: Tokenizer, lines: Iterable[str], documents: str = "file"
+) -> tuple[np.ndarray, int, int]:
     """The start ids + ids of the text, with its size in bytes and characters; reads in batches.
 
     The start ids are what a sample reads first (data.start_ids: the start id, then end-of-text for
@@ -256,17 +266,32 @@ def evaluate_tokens(
     return result
 
 
-def evaluate_text(model: LSTMLanguageModel, tokenizer: Tokenizer, text: str, num_streams: int | None = None, device: torch.device | str = "cpu",
-                  documents: str = "file") -> dict[str, Any]:
+def evaluate_text(
+    model: LSTMLanguageModel,
+    tokenizer: Tokenizer,
+    text: str,
+    num_streams: int | None = None,
+    device: torch.device | str = "cpu",
+    documents: str = "file",
+) -> dict[str, Any]:
     tokens, num_bytes, num_chars = encode_text_stream(tokenizer, text.splitlines(keepends=True), documents)
     return evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device, FreshStarts(tokenizer, documents))
 
 
-def evaluate_file(model: LSTMLanguageModel, tokenizer: Tokenizer, path: Path, num_streams: int | None = None, errors: str = "strict",
-                  device: torch.device | str = "cpu", documents: str = "file") -> dict[str, Any]:
+def evaluate_file(
+    model: LSTMLanguageModel,
+    tokenizer: Tokenizer,
+    path: Path,
+    num_streams: int | None = None,
+    errors: str = "strict",
+    device: torch.device | str = "cpu",
+    documents: str = "file",
+) -> dict[str, Any]:
     reader = CorpusReader(path, errors)
     tokens, num_bytes, num_chars = encode_text_stream(tokenizer, reader.lines(), documents)
-    result = evaluate_tokens(model, tokens, num_bytes, num_chars, num_streams, device, FreshStarts(tokenizer, documents))
+    result = evaluate_tokens(
+        model, tokens, num_bytes, num_chars, num_streams, device, FreshStarts(tokenizer, documents)
+    )
     result["file"] = str(path)
     return result
 
@@ -353,7 +378,9 @@ def baseline_rates(bits: float, num_bytes: int, num_chars: int) -> dict[str, flo
     }
 
 
-def baselines(tokens: np.ndarray, num_bytes: int, num_chars: int, sizes: dict[str, int] | None, token_counts: Any, vocab_size: int) -> dict[str, Any]:
+def baselines(
+    tokens: np.ndarray, num_bytes: int, num_chars: int, sizes: dict[str, int] | None, token_counts: Any, vocab_size: int
+) -> dict[str, Any]:
     """The `baselines` object of `lstmgen eval --json`: compressors and the unigram model.
 
     Each compressor: {"compressed_bytes", "bits_per_byte", "bits_per_char"}. "unigram":
@@ -368,8 +395,11 @@ def baselines(tokens: np.ndarray, num_bytes: int, num_chars: int, sizes: dict[st
         nll = unigram_nll(tokens, token_counts)
         count = max(len(tokens) - 1, 0)
         per_token = nll / count if count else float("nan")
-        result["unigram"] = {"nll": per_token, "bits_per_token": per_token / math.log(2) if count else float("nan"),
-                             **baseline_rates(nll / math.log(2), num_bytes, num_chars)}
+        result["unigram"] = {
+            "nll": per_token,
+            "bits_per_token": per_token / math.log(2) if count else float("nan"),
+            **baseline_rates(nll / math.log(2), num_bytes, num_chars),
+        }
     else:
         result["unigram"] = None
         result["unigram_note"] = note
@@ -389,8 +419,11 @@ def combine_baselines(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         bits = sum(r["baselines"]["unigram"]["bits_per_byte"] * r["bytes"] for r in results)
         tokens = sum(r["tokens"] for r in results)
         per_token = bits * math.log(2) / tokens if tokens else float("nan")
-        combined["unigram"] = {"nll": per_token, "bits_per_token": bits / tokens if tokens else float("nan"),
-                               **baseline_rates(bits, num_bytes, num_chars)}
+        combined["unigram"] = {
+            "nll": per_token,
+            "bits_per_token": bits / tokens if tokens else float("nan"),
+            **baseline_rates(bits, num_bytes, num_chars),
+        }
     else:
         combined["unigram"] = None
     return combined
@@ -419,7 +452,9 @@ class TokenSurprisal:
 
 
 @torch.inference_mode()
-def token_surprisal(model: Any, tokens: np.ndarray, top_k: int = 5, seq_len: int = 256, device: torch.device | str = "cpu") -> TokenSurprisal:
+def token_surprisal(
+    model: Any, tokens: np.ndarray, top_k: int = 5, seq_len: int = 256, device: torch.device | str = "cpu"
+) -> TokenSurprisal:
     """Surprisal of every token of `tokens` ([start] + text ids) with the state carried through it.
 
     One stream from start to end, so the total equals exact whole-sequence evaluation. `model` is
@@ -451,11 +486,15 @@ def token_surprisal(model: Any, tokens: np.ndarray, top_k: int = 5, seq_len: int
 class TextWithContext:
     """One pass over a text file: its token ids, its size, and its compressed sizes on the way."""
 
-    def __init__(self, tokenizer: Tokenizer, path: Path, errors: str = "strict", compress: bool = True, documents: str = "file") -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, path: Path, errors: str = "strict", compress: bool = True, documents: str = "file"
+    ) -> None:
         reader = CorpusReader(path, errors)
         self.path = Path(path)
         self._sizes = CompressedSizes() if compress else None
-        self.tokens, self.num_bytes, self.num_chars = encode_text_stream(tokenizer, self._tee(reader.lines()), documents)
+        self.tokens, self.num_bytes, self.num_chars = encode_text_stream(
+            tokenizer, self._tee(reader.lines()), documents
+        )
         self.compressed = self._sizes.sizes() if self._sizes is not None else None
 
     def _tee(self, lines: Iterable[str]) -> Iterator[str]:
@@ -494,7 +533,9 @@ def check_text_file(path: Path, command: str = "eval") -> None:
     from .registry import looks_like_bundle
 
     if path.exists() and looks_like_bundle(path):
-        raise LstmgenError(f"{path} is a model bundle or zip archive, not a text file; pass a model with -m: `lstmgen {command} -m {path} TEXT.txt`")
+        raise LstmgenError(
+            f"{path} is a model bundle or zip archive, not a text file; pass a model with -m: `lstmgen {command} -m {path} TEXT.txt`"
+        )
     check_corpus_file(path)
 
 
@@ -511,11 +552,19 @@ def refuse_blank_text(path: Path, limit: int = 1 << 20) -> None:
             return
     except (OSError, ValueError):
         return  # the reader reports it
-    raise LstmgenError(f"{path} holds only blank lines and white space: there is no text to score; give a file with text")
+    raise LstmgenError(
+        f"{path} holds only blank lines and white space: there is no text to score; give a file with text"
+    )
 
 
-def evaluate_files(lm: Any, paths: Sequence[Path], streams: int | None = None, errors: str = "strict", with_baselines: bool = True,
-                   top_k: int | None = None) -> list[FileEvaluation]:
+def evaluate_files(
+    lm: Any,
+    paths: Sequence[Path],
+    streams: int | None = None,
+    errors: str = "strict",
+    with_baselines: bool = True,
+    top_k: int | None = None,
+) -> list[FileEvaluation]:
     """Evaluate `lm` (a LanguageModel) on each file, with the state carried through it.
 
     With `top_k` (alternatives per token) every token's surprisal is kept too, and the file is read
@@ -528,17 +577,23 @@ def evaluate_files(lm: Any, paths: Sequence[Path], streams: int | None = None, e
     found = [_evaluate_file(lm, Path(path), streams, errors, with_baselines, top_k) for path in paths]
     for item in found:
         if not item.result["tokens"] or not math.isfinite(item.result["nll"]):
-            raise LstmgenError(f"{item.path} has no text to score (nothing but blank lines, or nothing the model reads); give a file with text")
+            raise LstmgenError(
+                f"{item.path} has no text to score (nothing but blank lines, or nothing the model reads); give a file with text"
+            )
         if lm.quantize is not None:
             item.result["quantize"] = lm.quantize
     return found
 
 
-def _evaluate_file(lm: Any, path: Path, streams: int | None, errors: str, with_baselines: bool, top_k: int | None) -> FileEvaluation:
+def _evaluate_file(
+    lm: Any, path: Path, streams: int | None, errors: str, with_baselines: bool, top_k: int | None
+) -> FileEvaluation:
     text = TextWithContext(lm.tokenizer, path, errors=errors, compress=with_baselines, documents=lm.documents)
     surprisal = None
     if top_k is None:
-        result = evaluate_tokens(lm.network, text.tokens, text.num_bytes, text.num_chars, streams, lm.device, lm.fresh_starts)
+        result = evaluate_tokens(
+            lm.network, text.tokens, text.num_bytes, text.num_chars, streams, lm.device, lm.fresh_starts
+        )
     else:
         surprisal = token_surprisal(lm.network, text.tokens, top_k=top_k, device=lm.device)
         result = summarize(surprisal.nll, len(text.tokens) - 1, text.num_bytes, text.num_chars)
@@ -546,7 +601,9 @@ def _evaluate_file(lm: Any, path: Path, streams: int | None, errors: str, with_b
     result["file"] = str(path)
     if with_baselines:
         counts = (lm.meta.get("training") or {}).get("token_counts")
-        result["baselines"] = baselines(text.tokens, text.num_bytes, text.num_chars, text.compressed, counts, lm.tokenizer.vocab_size)
+        result["baselines"] = baselines(
+            text.tokens, text.num_bytes, text.num_chars, text.compressed, counts, lm.tokenizer.vocab_size
+        )
         if result["baselines"].get("unigram_note"):
             log.info(f"note: {result['baselines']['unigram_note']}")
     return FileEvaluation(path, result, surprisal)
@@ -555,7 +612,9 @@ def _evaluate_file(lm: Any, path: Path, streams: int | None, errors: str, with_b
 def combine(results: Sequence[dict[str, Any]], with_baselines: bool = False) -> dict[str, Any]:
     """The summary of several files read as one text (total information over total size)."""
     nll = sum(r["nll"] * r["tokens"] for r in results)
-    total = summarize(nll, sum(r["tokens"] for r in results), sum(r["bytes"] for r in results), sum(r["chars"] for r in results))
+    total = summarize(
+        nll, sum(r["tokens"] for r in results), sum(r["bytes"] for r in results), sum(r["chars"] for r in results)
+    )
     if with_baselines:
         total["baselines"] = combine_baselines(results)
     return total
@@ -570,7 +629,9 @@ def token_text(tokenizer: Tokenizer, token_id: int) -> tuple[str, str | None]:
         return data.decode("utf-8", errors="replace"), data.hex()
 
 
-def per_token_records(tokenizer: Tokenizer, surprisal: TokenSurprisal, file: str | None = None) -> Iterator[dict[str, Any]]:
+def per_token_records(
+    tokenizer: Tokenizer, surprisal: TokenSurprisal, file: str | None = None
+) -> Iterator[dict[str, Any]]:
     """`eval --per-token`'s records: {[file,] index, id, text[, bytes], surprisal_bits, prob, alternatives: [{id, text, prob}]}."""
     texts: dict[int, tuple[str, str | None]] = {}
 
@@ -588,9 +649,11 @@ def per_token_records(tokenizer: Tokenizer, surprisal: TokenSurprisal, file: str
         if raw is not None:
             record["bytes"] = raw
         record["surprisal_bits"] = round(bits, 4)
-        record["prob"] = float(f"{2.0 ** -bits:.6g}")
-        record["alternatives"] = [{"id": int(alt), "text": text_of(int(alt))[0], "prob": float(f"{prob:.6g}")}
-                                  for alt, prob in zip(surprisal.top_ids[index], surprisal.top_probs[index])]
+        record["prob"] = float(f"{2.0**-bits:.6g}")
+        record["alternatives"] = [
+            {"id": int(alt), "text": text_of(int(alt))[0], "prob": float(f"{prob:.6g}")}
+            for alt, prob in zip(surprisal.top_ids[index], surprisal.top_probs[index])
+        ]
         yield record
 
 
@@ -604,9 +667,15 @@ def heatmap_spans(tokenizer: Tokenizer, surprisal: TokenSurprisal) -> list[Any]:
         bits = float(surprisal.surprisal_bits[piece.first - 1 : piece.last].sum())
         position = piece.first - 1
         actual = int(surprisal.tokens[piece.first])
-        alternatives = [[token_text(tokenizer, int(alt))[0], round(float(prob), 5), int(alt) == actual]
-                        for alt, prob in zip(surprisal.top_ids[position], surprisal.top_probs[position])]
-        details: dict[str, Any] = {"bits": round(bits, 3), "p": float(f"{2.0 ** -bits:.4g}"), "alternatives": alternatives}
+        alternatives = [
+            [token_text(tokenizer, int(alt))[0], round(float(prob), 5), int(alt) == actual]
+            for alt, prob in zip(surprisal.top_ids[position], surprisal.top_probs[position])
+        ]
+        details: dict[str, Any] = {
+            "bits": round(bits, 3),
+            "p": float(f"{2.0**-bits:.4g}"),
+            "alternatives": alternatives,
+        }
         if piece.token_count > 1:
             details["tokens"] = piece.token_count
         spans.append(Span(piece.text, bits, details))

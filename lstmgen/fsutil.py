@@ -72,8 +72,13 @@ def _a(noun: str) -> str:
 
 
 def _file_type(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "directory"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -158,7 +163,9 @@ def _target(path: Path, what: str) -> Path:
         if isinstance(error, ValueError):
             raise LstmgenError(f"cannot write {what} {path!r}: the path holds a NUL byte") from None
         if error.errno == errno.ENOTDIR:
-            raise LstmgenError(f"cannot write {what} {path}: a part of its path is not a directory; choose another location") from None
+            raise LstmgenError(
+                f"cannot write {what} {path}: a part of its path is not a directory; choose another location"
+            ) from None
         raise path_error(path, error, f"write {what}") from None
     if not stat.S_ISLNK(info.st_mode):
         return path
@@ -166,8 +173,10 @@ def _target(path: Path, what: str) -> Path:
     try:
         os.stat(path)
     except FileNotFoundError:
-        raise LstmgenError(f"cannot write {what} {path}: it is a symbolic link to {target}, which does not exist; "
-                           "remove the link or choose another path") from None
+        raise LstmgenError(
+            f"cannot write {what} {path}: it is a symbolic link to {target}, which does not exist; "
+            "remove the link or choose another path"
+        ) from None
     except OSError as error:
         raise path_error(path, error, f"write {what}") from None
     return target
@@ -179,14 +188,18 @@ def _check_existing(path: Path, info: os.stat_result, kind: Kind | None, what: s
     if stat.S_ISDIR(mode):
         raise LstmgenError(f"cannot write {what} {path}: it is a directory; give a file name with {option}")
     if not stat.S_ISREG(mode):
-        raise LstmgenError(f"cannot write {what} {path}: it is {_a(_file_type(mode))}, not a regular file, and lstmgen replaces only "
-                           f"regular files; choose another {option}")
+        raise LstmgenError(
+            f"cannot write {what} {path}: it is {_a(_file_type(mode))}, not a regular file, and lstmgen replaces only "
+            f"regular files; choose another {option}"
+        )
     role = _input_role(info)
     if role is not None:
         raise LstmgenError(f"{option} {path} is {role}, an input of this command; write the {what} to another path")
     if not mode & 0o222:
-        raise LstmgenError(f"cannot write {what} {path}: it is read-only and lstmgen does not replace read-only files; "
-                           f"make it writable (chmod u+w {path}) or choose another {option}")
+        raise LstmgenError(
+            f"cannot write {what} {path}: it is read-only and lstmgen does not replace read-only files; "
+            f"make it writable (chmod u+w {path}) or choose another {option}"
+        )
     if not os.access(path, os.W_OK):
         raise LstmgenError(f"cannot write {what} {path}: you may not write to it; choose another {option}")
     if kind is None or info.st_size == 0:
@@ -194,11 +207,15 @@ def _check_existing(path: Path, info: os.stat_result, kind: Kind | None, what: s
     try:
         head = read_head(path, 64)
     except OSError as error:
-        raise LstmgenError(f"cannot write {what} {path}: cannot read it to see what it is ({error.strerror or error}); "
-                           f"choose another {option}") from None
+        raise LstmgenError(
+            f"cannot write {what} {path}: cannot read it to see what it is ({error.strerror or error}); "
+            f"choose another {option}"
+        ) from None
     found = describe_content(head)
     if found != kind.label:
-        raise LstmgenError(f"{path} is {_a(found)}, not {_a(kind.label)}; lstmgen will not replace it with one: choose another {option}")
+        raise LstmgenError(
+            f"{path} is {_a(found)}, not {_a(kind.label)}; lstmgen will not replace it with one: choose another {option}"
+        )
 
 
 def read_head(path: Path, size: int) -> bytes:
@@ -226,15 +243,19 @@ def _check_directory(path: Path, what: str, option: str) -> None:
         limit = 255
     length = len(os.fsencode(path.name))
     if length + TEMPORARY_NAME_EXTRA > limit:
-        raise LstmgenError(f"cannot write {what}: its file name is too long ({length} bytes; at most {limit - TEMPORARY_NAME_EXTRA} "
-                           f"here, so that a temporary file can sit beside it); choose a shorter {option}")
+        raise LstmgenError(
+            f"cannot write {what}: its file name is too long ({length} bytes; at most {limit - TEMPORARY_NAME_EXTRA} "
+            f"here, so that a temporary file can sit beside it); choose a shorter {option}"
+        )
     try:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".lstmgen-probe-"):
             pass
     except OSError as error:
         if error.errno in MACHINE_ERRNOS:
             raise path_error(directory, error, f"write {what} in") from None
-        raise LstmgenError(f"cannot write {what} in {directory}: {error.strerror or error}; choose a writable directory") from None
+        raise LstmgenError(
+            f"cannot write {what} in {directory}: {error.strerror or error}; choose a writable directory"
+        ) from None
 
 
 def check_output(path: Path | str, kind: Kind | None, what: str = "output", option: str = "-o") -> None:
@@ -246,7 +267,9 @@ def check_output(path: Path | str, kind: Kind | None, what: str = "output", opti
     _check_directory(target, what, option)
 
 
-def check_output_directory(path: Path | str, what: str, option: str = "-o", members: tuple[str, ...] = (), marker: str | None = None) -> None:
+def check_output_directory(
+    path: Path | str, what: str, option: str = "-o", members: tuple[str, ...] = (), marker: str | None = None
+) -> None:
     """The same for a directory lstmgen fills with `members`: absent, or a writable directory whose members may be replaced.
 
     With a `marker`, an existing directory must be empty or hold the marker (so that it is one lstmgen made).
@@ -257,19 +280,27 @@ def check_output_directory(path: Path | str, what: str, option: str = "-o", memb
         _check_directory(path, what, option)
         return
     if not stat.S_ISDIR(info.st_mode):
-        raise LstmgenError(f"cannot write {what} {path}: it exists and is not a directory; move it or choose another {option}")
+        raise LstmgenError(
+            f"cannot write {what} {path}: it exists and is not a directory; move it or choose another {option}"
+        )
     if _input_role(info) is not None:
-        raise LstmgenError(f"{option} {path} is {_input_role(info)}, an input of this command; write the {what} to another path")
+        raise LstmgenError(
+            f"{option} {path} is {_input_role(info)}, an input of this command; write the {what} to another path"
+        )
     if not info.st_mode & 0o222 or not os.access(path, os.W_OK | os.X_OK):
-        raise LstmgenError(f"cannot write {what} in {path}: the directory is read-only for you; choose another {option}")
+        raise LstmgenError(
+            f"cannot write {what} in {path}: the directory is read-only for you; choose another {option}"
+        )
     if marker is not None:
         try:
             names = os.listdir(path)
         except OSError as error:
             raise path_error(path, error, f"write {what} in") from None
         if names and marker not in names:
-            raise LstmgenError(f"{path} is a directory that holds other files (no {marker}); lstmgen writes {_a(what)} only into a new "
-                               f"or empty directory or one it made: choose another {option}")
+            raise LstmgenError(
+                f"{path} is a directory that holds other files (no {marker}); lstmgen writes {_a(what)} only into a new "
+                f"or empty directory or one it made: choose another {option}"
+            )
     for name in members:
         member = Path(path, name)
         member_info = stat_or_none(member, f"write {what}")

@@ -81,7 +81,9 @@ def check_state_kind(cell: str, kind: str) -> None:
 
 
 @torch.inference_mode()
-def activations(model: Any, ids: Sequence[int], kinds: Sequence[str] | None = None, with_logits: bool = False) -> Activations:
+def activations(
+    model: Any, ids: Sequence[int], kinds: Sequence[str] | None = None, with_logits: bool = False
+) -> Activations:
     """Step `model` (an LSTMLanguageModel) over `ids` from the zero state, recording every cell.
 
     `ids` should start with the start id (as evaluation and sampling do: [1] + encode(text)).
@@ -115,10 +117,14 @@ def parse_neuron(spec: str, num_layers: int, hidden_size: int) -> tuple[int, int
     """'L:K' → (layer, cell index), both counted from 0, checked against the model's sizes."""
     parts = spec.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise LstmgenError(f"{NEURON_REF} must be LAYER:CELL with whole numbers counted from 0 (e.g. 0:17), not {spec!r}")
+        raise LstmgenError(
+            f"{NEURON_REF} must be LAYER:CELL with whole numbers counted from 0 (e.g. 0:17), not {spec!r}"
+        )
     layer, index = int(parts[0]), int(parts[1])
     if layer >= num_layers:
-        raise LstmgenError(f"{NEURON_REF} {spec}: the model has {num_layers} layer{'s' if num_layers != 1 else ''} (0 to {num_layers - 1})")
+        raise LstmgenError(
+            f"{NEURON_REF} {spec}: the model has {num_layers} layer{'s' if num_layers != 1 else ''} (0 to {num_layers - 1})"
+        )
     if index >= hidden_size:
         raise LstmgenError(f"{NEURON_REF} {spec}: each layer has {hidden_size} cells (0 to {hidden_size - 1})")
     return layer, index
@@ -186,8 +192,18 @@ FEATURES: dict[str, str] = {
 }
 #: Features of the context read so far (a cell must remember something to track them); the others
 #: describe the piece just read, which the input itself tells the network.
-CONTEXT_FEATURES = frozenset({"in_quotes", "in_single_quotes", "in_parentheses", "in_brackets", "bracket_depth", "position_in_line",
-                              "position_in_word", "caps_line"})
+CONTEXT_FEATURES = frozenset(
+    {
+        "in_quotes",
+        "in_single_quotes",
+        "in_parentheses",
+        "in_brackets",
+        "bracket_depth",
+        "position_in_line",
+        "position_in_word",
+        "caps_line",
+    }
+)
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {v: k for k, v in _OPENERS.items()}
 _SENTENCE_END = set(".!?。！？")
@@ -195,8 +211,16 @@ _SENTENCE_END = set(".!?。！？")
 
 def _is_cjk(char: str) -> bool:
     code = ord(char)
-    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2FA1F or 0xF900 <= code <= 0xFAFF
-            or 0x3040 <= code <= 0x30FF or 0xAC00 <= code <= 0xD7AF or 0x3000 <= code <= 0x303F or 0xFF00 <= code <= 0xFFEF)
+    return (
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0x20000 <= code <= 0x2FA1F
+        or 0xF900 <= code <= 0xFAFF
+        or 0x3040 <= code <= 0x30FF
+        or 0xAC00 <= code <= 0xD7AF
+        or 0x3000 <= code <= 0x303F
+        or 0xFF00 <= code <= 0xFFEF
+    )
 
 
 def _is_latin(char: str) -> bool:
@@ -265,9 +289,17 @@ def text_features(pieces: Sequence[str]) -> dict[str, np.ndarray]:
         values["whitespace"][index] = piece[-1:] in (" ", "\t")
         values["word_inside"][index] = bool(piece) and piece[-1].isalpha()
         values["digit"][index] = any(ch.isdigit() for ch in piece)
-        values["uppercase"][index] = bool(letters) and all(ch.isupper() for ch in letters if ch.upper() != ch.lower()) and any(ch.isupper() for ch in letters)
-        values["capitalized"][index] = len(stripped) > 1 and stripped[0].isupper() and stripped[1:].isalpha() and stripped[1:].islower()
-        values["punctuation"][index] = bool(stripped) and all(unicodedata.category(ch).startswith("P") for ch in stripped)
+        values["uppercase"][index] = (
+            bool(letters)
+            and all(ch.isupper() for ch in letters if ch.upper() != ch.lower())
+            and any(ch.isupper() for ch in letters)
+        )
+        values["capitalized"][index] = (
+            len(stripped) > 1 and stripped[0].isupper() and stripped[1:].isalpha() and stripped[1:].islower()
+        )
+        values["punctuation"][index] = bool(stripped) and all(
+            unicodedata.category(ch).startswith("P") for ch in stripped
+        )
         values["sentence_end"][index] = bool(stripped) and stripped.rstrip("\"'”’)")[-1:] in _SENTENCE_END
         values["cjk"][index] = any(_is_cjk(ch) for ch in piece)
         values["latin"][index] = any(_is_latin(ch) for ch in piece)
@@ -285,7 +317,13 @@ class CellMatch:
     r: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"neuron": f"{self.layer}:{self.index}", "layer": self.layer, "cell": self.index, "state": self.kind, "r": round(self.r, 4)}
+        return {
+            "neuron": f"{self.layer}:{self.index}",
+            "layer": self.layer,
+            "cell": self.index,
+            "state": self.kind,
+            "r": round(self.r, 4),
+        }
 
 
 @dataclass
@@ -316,8 +354,13 @@ def correlations(activations: np.ndarray, feature: np.ndarray) -> np.ndarray:
     return np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def find_cells(acts: Activations, positions: Sequence[int], features: dict[str, np.ndarray], top: int = 3,
-               kinds: Sequence[str] | None = None) -> tuple[list[FeatureMatches], list[str]]:
+def find_cells(
+    acts: Activations,
+    positions: Sequence[int],
+    features: dict[str, np.ndarray],
+    top: int = 3,
+    kinds: Sequence[str] | None = None,
+) -> tuple[list[FeatureMatches], list[str]]:
     """For each feature, the `top` cells whose activation correlates most (by |r|) with it.
 
     Context features (`CONTEXT_FEATURES`) come first, then the others, each group strongest first.
@@ -385,8 +428,10 @@ class NeuronView:
 def check_inspect_options(neuron: str | None, find: bool, state: str | None, top: int, max_tokens: int) -> None:
     """Refuse impossible inspect options before any model is loaded."""
     if find == (neuron is not None):
-        raise LstmgenError(f"give {NEURON_REF} LAYER:CELL to colour the text by one cell, or {option_mark('find', '--find')} to rank cells "
-                           "by feature (one of them)")
+        raise LstmgenError(
+            f"give {NEURON_REF} LAYER:CELL to colour the text by one cell, or {option_mark('find', '--find')} to rank cells "
+            "by feature (one of them)"
+        )
     if state is not None and state not in ("c", "h"):
         raise LstmgenError(f"{KINDS_REF} must be c (cell state) or h (output), not {state!r}")
     if not 1 <= top <= 100:
@@ -395,8 +440,14 @@ def check_inspect_options(neuron: str | None, find: bool, state: str | None, top
         raise LstmgenError(f"{MAX_TOKENS_REF} must be a whole number from 1 to 10000000, not {max_tokens}")
 
 
-def inspect_file(lm: Any, path: Any, neuron: str | None = None, state: str | None = None, max_tokens: int = 20_000,
-                 errors: str = "strict") -> tuple[TextActivations, tuple[int, int] | None]:
+def inspect_file(
+    lm: Any,
+    path: Any,
+    neuron: str | None = None,
+    state: str | None = None,
+    max_tokens: int = 20_000,
+    errors: str = "strict",
+) -> tuple[TextActivations, tuple[int, int] | None]:
     """Read the beginning of `path` (at most `max_tokens` tokens) with `lm` (a LanguageModel), recording the
     activations to show: one cell's (`neuron` "LAYER:CELL", with `state` or its cell's default) or every cell's."""
     config = lm.config

@@ -35,10 +35,14 @@ class LSTMLanguageModel(nn.Module):
         self.cell = config.cell
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
         self.input_dropout = nn.Dropout(config.dropout)
-        self.rnn = cells.build_rnn(config.cell, config.embedding_size, config.hidden_size, config.num_layers, config.dropout)
+        self.rnn = cells.build_rnn(
+            config.cell, config.embedding_size, config.hidden_size, config.num_layers, config.dropout
+        )
         self.output_dropout = nn.Dropout(config.dropout)
         head_input = config.head_input_size
-        self.projection = nn.Linear(config.hidden_size, head_input, bias=False) if head_input != config.hidden_size else None
+        self.projection = (
+            nn.Linear(config.hidden_size, head_input, bias=False) if head_input != config.hidden_size else None
+        )
         self.head = nn.Linear(head_input, config.vocab_size)
         if config.tie_weights:
             self.head.weight = self.embedding.weight
@@ -53,12 +57,16 @@ class LSTMLanguageModel(nn.Module):
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         device = device if device is not None else self.embedding.weight.device
-        return cells.initial_state(self.cell, self.config.num_layers, batch_size, self.config.hidden_size, device, self.embedding.weight.dtype)
+        return cells.initial_state(
+            self.cell, self.config.num_layers, batch_size, self.config.hidden_size, device, self.embedding.weight.dtype
+        )
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embedding(tokens).masked_fill((tokens == START_ID).unsqueeze(-1), 0.0)
 
-    def features(self, tokens: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+    def features(
+        self, tokens: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
         """Head inputs of shape (batch, time, head_input) and the new state.
 
         `resets` (optional, shape (k, 2), sorted by the second column) lists (row, position)
@@ -76,7 +84,9 @@ class LSTMLanguageModel(nn.Module):
             output = self.projection(output)
         return output, state
 
-    def _run_with_resets(self, x: torch.Tensor, state: State | None, resets: torch.Tensor) -> tuple[torch.Tensor, State]:
+    def _run_with_resets(
+        self, x: torch.Tensor, state: State | None, resets: torch.Tensor
+    ) -> tuple[torch.Tensor, State]:
         if state is None:
             state = self.initial_state(x.shape[0], x.device)
         resets = torch.as_tensor(resets, dtype=torch.long).cpu()
@@ -94,7 +104,9 @@ class LSTMLanguageModel(nn.Module):
         pieces.append(piece)
         return torch.cat(pieces, dim=1), state
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, tokens: torch.Tensor, state: State | None = None, resets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
         """Logits of shape (batch, time, vocab) and the new state (a tuple, see the module doc)."""
         features, state = self.features(tokens, state, resets)
         return self.head(features), state

@@ -78,13 +78,23 @@ class Option:
             return self.metavar
         if self.choices:
             return "|".join(self.choices)
-        return {"int": "N", "float": "NUMBER", "str": "TEXT", "strings": "TEXT", "path": "PATH"}.get(self.kind, "VALUE") if not self.duration else "DURATION"
+        return (
+            {"int": "N", "float": "NUMBER", "str": "TEXT", "strings": "TEXT", "path": "PATH"}.get(self.kind, "VALUE")
+            if not self.duration
+            else "DURATION"
+        )
 
     def help_text(self) -> str:
         """The help line: the declared text, then the default (unless the text says it already)."""
         if self.kind == "bool" or "(default" in self.help:
             return self.help
-        shown = self.default_text if self.default_text is not None else None if self.default is None else _shown(self.default, self.duration)
+        shown = (
+            self.default_text
+            if self.default_text is not None
+            else None
+            if self.default is None
+            else _shown(self.default, self.duration)
+        )
         return f"{self.help} (default: {shown})" if shown is not None else self.help
 
     def describe(self) -> str:
@@ -114,9 +124,18 @@ class Option:
         if self.kind == "int":
             return isinstance(value, int) and not isinstance(value, bool) and _within(self, value)
         if self.kind == "float":
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and _within(self, value)
+            return (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and _within(self, value)
+            )
         if self.kind == "strings":
-            return not isinstance(value, str) and isinstance(value, Sequence) and all(isinstance(s, str) and s for s in value)
+            return (
+                not isinstance(value, str)
+                and isinstance(value, Sequence)
+                and all(isinstance(s, str) and s for s in value)
+            )
         if self.kind == "path":
             return isinstance(value, (str, os.PathLike))
         return isinstance(value, str)
@@ -127,7 +146,9 @@ class Option:
             raise LstmgenError(f"{self.ref} must be {self.describe()}, not {value!r}")
 
 
-def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **declaration: Any) -> Any:
+def option(
+    default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **declaration: Any
+) -> Any:
     """A dataclass field that carries its `Option` (keyword arguments: Option's fields)."""
     metadata = {"option": Option(**declaration)}
     if default_factory is not dataclasses.MISSING:
@@ -147,8 +168,18 @@ def declared(cls: Any) -> tuple[Option, ...]:
         flag = declaration.flag
         if flag == "":
             flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        found.append(dataclasses.replace(declaration, name=f.name, kind=kind, flag=flag, default=default, optional="None" in annotation))
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else f.default_factory()
+            if f.default_factory is not dataclasses.MISSING
+            else None
+        )
+        found.append(
+            dataclasses.replace(
+                declaration, name=f.name, kind=kind, flag=flag, default=default, optional="None" in annotation
+            )
+        )
     return tuple(found)
 
 

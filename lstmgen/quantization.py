@@ -34,12 +34,16 @@ def check_quantize(quantize: str | None, device: torch.device | str = "cpu") -> 
         return None
     InferenceOptions(quantize=quantize).validate()
     if torch.device(device).type != "cpu":
-        raise LstmgenError(f"{ref(InferenceOptions, 'quantize')} int8 runs on the CPU; drop {ref(InferenceOptions, 'device')} or use the CPU")
+        raise LstmgenError(
+            f"{ref(InferenceOptions, 'quantize')} int8 runs on the CPU; drop {ref(InferenceOptions, 'device')} or use the CPU"
+        )
     try:
         torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
     except (AttributeError, RuntimeError, NotImplementedError):
-        raise LstmgenError(f"{ref(InferenceOptions, 'quantize')} int8 needs a torch build with CPU int8 matrix products (torch ≥ 2.3); "
-                           f"this is torch {torch.__version__}") from None
+        raise LstmgenError(
+            f"{ref(InferenceOptions, 'quantize')} int8 needs a torch build with CPU int8 matrix products (torch ≥ 2.3); "
+            f"this is torch {torch.__version__}"
+        ) from None
     return quantize
 
 
@@ -100,7 +104,9 @@ class Int8LSTMLanguageModel:
     def __init__(self, model: Any) -> None:
         config = model.config
         if getattr(config, "cell", "lstm") != "lstm":
-            raise LstmgenError(f"{ref(InferenceOptions, 'quantize')} int8 supports LSTM models only, not {config.cell!r} models")
+            raise LstmgenError(
+                f"{ref(InferenceOptions, 'quantize')} int8 supports LSTM models only, not {config.cell!r} models"
+            )
         self.config = config
         rnn = model.rnn
         with torch.no_grad():
@@ -174,7 +180,9 @@ class Int8LSTMLanguageModel:
         return logits, new_state
 
     @torch.inference_mode()
-    def __call__(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(
+        self, tokens: torch.Tensor, state: Any = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """tokens (batch, time) → logits (batch, time, vocab) and the state after the last token."""
         batch, time = tokens.shape
         h_all, c_all = state if state is not None else self.initial_state(batch)

@@ -216,10 +216,14 @@ def _resolve_value(value: str, env: Mapping[str, str], builtin_dir: Path | None)
     if value in builtins:
         return builtins[value]
     if value in BUILTIN_NAMES:
-        raise LstmgenError(f"the built-in model {value!r} is not installed ({_not_installed(value, builtin_dir)}); pass a path to a .lstmgen bundle")
+        raise LstmgenError(
+            f"the built-in model {value!r} is not installed ({_not_installed(value, builtin_dir)}); pass a path to a .lstmgen bundle"
+        )
     beside = Path(value + BUNDLE_SUFFIX)
     if stat_or_none(beside, "read model") is not None:
-        raise LstmgenError(f"no model named {value!r}, but there is a bundle {beside} here: to use it, pass its path: -m {beside}")
+        raise LstmgenError(
+            f"no model named {value!r}, but there is a bundle {beside} here: to use it, pass its path: -m {beside}"
+        )
     raise LstmgenError(
         f"no model named {value!r} (looked in {user_model_dir(env)} and the built-ins); `lstmgen models` lists them; "
         f"pass a path to a .lstmgen bundle"
@@ -229,7 +233,12 @@ def _resolve_value(value: str, env: Mapping[str, str], builtin_dir: Path | None)
 def is_model_name(value: str) -> bool:
     """A bare name such as `tang`: no directory part and no suffix (anything else is a path)."""
     separators = {sep for sep in (os.sep, os.altsep) if sep}
-    return bool(value) and not any(sep in value for sep in separators) and not Path(value).suffix and value not in (".", "..")
+    return (
+        bool(value)
+        and not any(sep in value for sep in separators)
+        and not Path(value).suffix
+        and value not in (".", "..")
+    )
 
 
 def _not_installed(name: str, builtin_dir: Path | None) -> str:

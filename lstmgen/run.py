@@ -60,11 +60,21 @@ def default_output(corpus: Sequence[Path | str]) -> Path:
 
 def option_names() -> list[str]:
     """The keyword arguments of `train`: every option of the run and of its three config sections."""
-    return [o.name for cls in (RunOptions, *TRAINING_SECTIONS.values()) for o in declared(cls) if o.flag or o.default is not None]
+    return [
+        o.name
+        for cls in (RunOptions, *TRAINING_SECTIONS.values())
+        for o in declared(cls)
+        if o.flag or o.default is not None
+    ]
 
 
-def train(corpus: Sequence[Path | str] | Path | str, output: Path | str | None = None, *, on_event: Callable[[Event], None] | None = None,
-          **options: Any) -> Any:
+def train(
+    corpus: Sequence[Path | str] | Path | str,
+    output: Path | str | None = None,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    **options: Any,
+) -> Any:
     """Train a model on `corpus` (one path or several) and write the best one to `output` (a `.lstmgen` bundle).
 
     Keyword arguments: any option of `lstmgen train`, by its field name (`max_time="5m"`,
@@ -75,8 +85,13 @@ def train(corpus: Sequence[Path | str] | Path | str, output: Path | str | None =
     return plan.execute(dry_run=False)
 
 
-def dry_run(corpus: Sequence[Path | str] | Path | str, output: Path | str | None = None, *, on_event: Callable[[Event], None] | None = None,
-            **options: Any) -> dict[str, Any]:
+def dry_run(
+    corpus: Sequence[Path | str] | Path | str,
+    output: Path | str | None = None,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """What `train` would do, trained nothing: the resolved configuration, the parameter count and the measured speed."""
     plan = _Plan(corpus, output, options, on_event)
     return plan.execute(dry_run=True)
@@ -85,7 +100,9 @@ def dry_run(corpus: Sequence[Path | str] | Path | str, output: Path | str | None
 class _Plan:
     """One run's decisions, checked before any work (see the module docstring)."""
 
-    def __init__(self, corpus: Any, output: Any, options: dict[str, Any], on_event: Callable[[Event], None] | None) -> None:
+    def __init__(
+        self, corpus: Any, output: Any, options: dict[str, Any], on_event: Callable[[Event], None] | None
+    ) -> None:
         from .data import check_corpus_file
         from .distributed import setup as setup_distributed
 
@@ -93,10 +110,14 @@ class _Plan:
         self.corpus = [Path(p) for p in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
         if not self.corpus:
             raise LstmgenError("give at least one corpus file")
-        self.run, self.given = _split_options({**options, "output": output if output is not None else options.get("output")})
+        self.run, self.given = _split_options(
+            {**options, "output": output if output is not None else options.get("output")}
+        )
         self.group = setup_distributed()
         if self.run.resume and self.run.overwrite:
-            raise LstmgenError(f"{ref(RunOptions, 'resume')} continues the run and {ref(RunOptions, 'overwrite')} starts it over; give one of them")
+            raise LstmgenError(
+                f"{ref(RunOptions, 'resume')} continues the run and {ref(RunOptions, 'overwrite')} starts it over; give one of them"
+            )
         for path in self.corpus:
             check_corpus_file(path)
         self.output = Path(self.run.output) if self.run.output is not None else default_output(self.corpus)
@@ -104,7 +125,9 @@ class _Plan:
         self._check_paths()
         self.saved = checkpoint.saved_configs(self.output) if self.run.resume else None
         if self.run.resume and self.saved is None:
-            raise LstmgenError(f"nothing to resume: {self.run_dir / checkpoint.NAME} does not exist; run without {ref(RunOptions, 'resume')}")
+            raise LstmgenError(
+                f"nothing to resume: {self.run_dir / checkpoint.NAME} does not exist; run without {ref(RunOptions, 'resume')}"
+            )
         self.file = load_config_file(self.run.config) if self.run.config is not None else {}
         self.train_config = self._train_config()
         self._check_model_options()
@@ -129,7 +152,9 @@ class _Plan:
         self.init_path = resolve_model(str(self.run.init_from), os.environ) if self.run.init_from is not None else None
         tokenizer_dir = self.run.tokenizer
         if tokenizer_dir is not None and stat_or_none(tokenizer_dir, "read tokenized corpus") is None:
-            raise LstmgenError(f"tokenized corpus {tokenizer_dir} does not exist; create it with `lstmgen tokenize CORPUS -o {tokenizer_dir}`")
+            raise LstmgenError(
+                f"tokenized corpus {tokenizer_dir} does not exist; create it with `lstmgen tokenize CORPUS -o {tokenizer_dir}`"
+            )
         for path in self.corpus:
             declare_input(path, "a corpus file")
         declare_input(tokenizer_dir, f"the {ref(RunOptions, 'tokenizer')} directory")
@@ -138,8 +163,10 @@ class _Plan:
         check_output(self.output, BUNDLE, "bundle")
         check_output_directory(self.run_dir, "run directory", members=RUN_FILES)
         if tokenizer_dir is not None and os.path.realpath(tokenizer_dir) == os.path.realpath(self.run_dir / "tokens"):
-            raise LstmgenError(f"{ref(RunOptions, 'tokenizer')} {tokenizer_dir} is the encoding this run writes; copy it elsewhere first, "
-                               f"or drop {ref(RunOptions, 'tokenizer')}")
+            raise LstmgenError(
+                f"{ref(RunOptions, 'tokenizer')} {tokenizer_dir} is the encoding this run writes; copy it elsewhere first, "
+                f"or drop {ref(RunOptions, 'tokenizer')}"
+            )
 
     def _train_config(self) -> TrainConfig:
         """The checkpoint's (or the device's defaults), then the config file's [train], then the options given."""
@@ -152,7 +179,9 @@ class _Plan:
                 given[name] = parse_duration(given[name], declared_by_name(TrainConfig)[name].ref)
         config = dataclasses.replace(self.saved[1]) if self.saved else TrainConfig()
         if not self.saved:
-            apply_device_defaults(config, resolve_device(given.get("device", config.device)))  # the file and the options still win
+            apply_device_defaults(
+                config, resolve_device(given.get("device", config.device))
+            )  # the file and the options still win
         apply_settings(config, self.file.get("train", {}), "train")
         if not self.saved and any(name in given for name in LIMITS):
             config.max_time, config.max_steps, config.epochs = None, None, None
@@ -162,8 +191,10 @@ class _Plan:
             config.max_time = DEFAULT_MAX_TIME
         config.validate()
         if self.saved and config.val_fraction != self.saved[1].val_fraction:
-            raise LstmgenError(f"cannot resume: {ref(TrainConfig, 'val_fraction')} differs (checkpoint {self.saved[1].val_fraction!r}, "
-                               f"now {config.val_fraction!r}); drop the option or start over with {ref(RunOptions, 'overwrite')}")
+            raise LstmgenError(
+                f"cannot resume: {ref(TrainConfig, 'val_fraction')} differs (checkpoint {self.saved[1].val_fraction!r}, "
+                f"now {config.val_fraction!r}); drop the option or start over with {ref(RunOptions, 'overwrite')}"
+            )
         return config
 
     def _check_model_options(self) -> None:
@@ -193,13 +224,18 @@ class _Plan:
         bundle = load_bundle(self.init_path)
         base = bundle.model_config
         kept = ("embedding_size", "hidden_size", "num_layers", "cell", "tie_weights")
-        changed = [declared_by_name(ModelConfig)[name] for name in kept
-                   if name in self.given["model"] and self.given["model"][name] != getattr(base, name)]
+        changed = [
+            declared_by_name(ModelConfig)[name]
+            for name in kept
+            if name in self.given["model"] and self.given["model"][name] != getattr(base, name)
+        ]
         if changed:
             shown = [o.ref_to(False) if o.kind == "bool" else o.ref for o in changed]
-            raise LstmgenError(f"{ref(RunOptions, 'init_from')} keeps the base model's architecture ({base.num_layers}×{base.hidden_size} "
-                               f"{base.cell}, embedding {base.embedding_size}{', tied' if base.tie_weights else ', untied'} weights); "
-                               f"drop {', '.join(shown)}")
+            raise LstmgenError(
+                f"{ref(RunOptions, 'init_from')} keeps the base model's architecture ({base.num_layers}×{base.hidden_size} "
+                f"{base.cell}, embedding {base.embedding_size}{', tied' if base.tie_weights else ', untied'} weights); "
+                f"drop {', '.join(shown)}"
+            )
         return bundle
 
     # -- the run ----------------------------------------------------------------------------------
@@ -229,14 +265,24 @@ class _Plan:
                     shutil.rmtree(self.run_dir, ignore_errors=True)
                 raise
             if dry_run:
-                return _dry_run_report(model_config, self.train_config, corpus_data, self.device, self.speed(model_config))
+                return _dry_run_report(
+                    model_config, self.train_config, corpus_data, self.device, self.speed(model_config)
+                )
             return self._train(corpus_data, model_config)
 
     def _train(self, corpus_data: Any, model_config: ModelConfig) -> Any:
         from .trainer import Trainer
 
-        trainer = Trainer(corpus_data, model_config, self.train_config, self.output, on_event=self.on_event, resume=self.run.resume,
-                          init_weights=self.init_bundle.tensors if self.init_bundle is not None else None, group=self.group)
+        trainer = Trainer(
+            corpus_data,
+            model_config,
+            self.train_config,
+            self.output,
+            on_event=self.on_event,
+            resume=self.run.resume,
+            init_weights=self.init_bundle.tensors if self.init_bundle is not None else None,
+            group=self.group,
+        )
         try:
             return trainer.run()
         finally:
@@ -253,8 +299,10 @@ class _Plan:
         if self.run.overwrite:
             log.info(f"--overwrite: starting over, replacing what is there: {found}")
             return
-        raise LstmgenError(f"{found}; continue it with {ref(RunOptions, 'resume')}, write to another {ref(RunOptions, 'output')}, "
-                           f"or start over with {ref(RunOptions, 'overwrite')}")
+        raise LstmgenError(
+            f"{found}; continue it with {ref(RunOptions, 'resume')}, write to another {ref(RunOptions, 'output')}, "
+            f"or start over with {ref(RunOptions, 'overwrite')}"
+        )
 
     def _check_resume_inputs(self) -> None:
         """Refuse a resume with another corpus or tokenizer before the run's encoding is touched."""
@@ -264,8 +312,10 @@ class _Plan:
         fingerprint = checkpoint.read_state(self.run_dir / checkpoint.NAME).get("fingerprint") or {}
         expected = fingerprint.get("corpus_sha256")
         if expected is not None and corpus_digest([file_sha256(p) for p in self.corpus]) != expected:
-            raise LstmgenError("cannot resume: the corpus differs from the checkpoint's; pass the run's corpus files (same order), "
-                               f"or start over with {ref(RunOptions, 'overwrite')}")
+            raise LstmgenError(
+                "cannot resume: the corpus differs from the checkpoint's; pass the run's corpus files (same order), "
+                f"or start over with {ref(RunOptions, 'overwrite')}"
+            )
         proto = None
         if self.init_bundle is not None:
             proto = self.init_bundle.tokenizer.model_proto
@@ -273,8 +323,10 @@ class _Plan:
             proto = read_regular_file(Path(self.run.tokenizer) / "tokenizer.model", 64 << 20, "tokenizer")
         expected = fingerprint.get("tokenizer_sha256")
         if proto is not None and expected is not None and hashlib.sha256(proto).hexdigest() != expected:
-            raise LstmgenError(f"cannot resume: the tokenizer differs from the checkpoint's; drop {ref(RunOptions, 'tokenizer')}/"
-                               f"{ref(RunOptions, 'init_from')}, or start over with {ref(RunOptions, 'overwrite')}")
+            raise LstmgenError(
+                f"cannot resume: the tokenizer differs from the checkpoint's; drop {ref(RunOptions, 'tokenizer')}/"
+                f"{ref(RunOptions, 'init_from')}, or start over with {ref(RunOptions, 'overwrite')}"
+            )
 
     def _prepare_corpus(self) -> Any:
         """The tokenized corpus: reuse an up-to-date encoding, else tokenize (with the given tokenizer).
@@ -304,7 +356,9 @@ class _Plan:
         else:
             settings = self.tokenizer_config
         found = reusable_encoding(tokens_dir, self.corpus, settings, val_fraction, errors)
-        if found is not None and (tokenizer is None or found.meta.get("tokenizer_sha256") == hashlib.sha256(tokenizer.model_proto).hexdigest()):
+        if found is not None and (
+            tokenizer is None or found.meta.get("tokenizer_sha256") == hashlib.sha256(tokenizer.model_proto).hexdigest()
+        ):
             log.info(f"reusing the encoded corpus in {tokens_dir}")
             return found
         return self._tokenize(settings, tokens_dir, tokenizer)
@@ -315,8 +369,17 @@ class _Plan:
         self.on_event({"event": "encoding", "training_tokenizer": tokenizer is None})
         started = time.monotonic()
         try:
-            return tokenize_corpus(self.corpus, settings, directory, self.train_config.val_fraction, errors=self.run.errors, tokenizer=tokenizer,
-                                   on_progress=lambda done, total: self.on_event({"event": "encoding-progress", "done": done, "total": total}))
+            return tokenize_corpus(
+                self.corpus,
+                settings,
+                directory,
+                self.train_config.val_fraction,
+                errors=self.run.errors,
+                tokenizer=tokenizer,
+                on_progress=lambda done, total: self.on_event(
+                    {"event": "encoding-progress", "done": done, "total": total}
+                ),
+            )
         finally:
             self.on_event({"event": "encoded", "seconds": time.monotonic() - started})
 
@@ -329,7 +392,9 @@ class _Plan:
         if self.saved:
             config = self.saved[0]
         elif self.init_bundle is not None:
-            config = dataclasses.replace(self.init_bundle.model_config)  # a copy: dropout may change, the base stays as it is
+            config = dataclasses.replace(
+                self.init_bundle.model_config
+            )  # a copy: dropout may change, the base stays as it is
         else:
             config = suggest_model(corpus_data.split, corpus_data.meta["vocab_size"], self.device)
         file_model = dict(self.file.get("model", {}))
@@ -351,7 +416,9 @@ class _Plan:
         if self._speed is None:
             from .sizing import measure_tokens_per_second
 
-            self._speed = self.group.broadcast_float(measure_tokens_per_second(model_config, self.train_config, self.device))
+            self._speed = self.group.broadcast_float(
+                measure_tokens_per_second(model_config, self.train_config, self.device)
+            )
         return self._speed
 
 
@@ -391,7 +458,9 @@ def _check_corpus_fits_a_batch(train_tokens: int, config: TrainConfig) -> None:
         )
 
 
-def _dry_run_report(model_config: ModelConfig, train_config: TrainConfig, corpus_data: Any, device: Any, speed: float) -> dict[str, Any]:
+def _dry_run_report(
+    model_config: ModelConfig, train_config: TrainConfig, corpus_data: Any, device: Any, speed: float
+) -> dict[str, Any]:
     """The resolved configuration, the parameter count and the measured training speed."""
     import torch
 
@@ -424,7 +493,10 @@ def describe_previous_run(output: Path) -> str | None:
         meta = _bundle_training(output)
         steps = meta.get("steps")
         bpc = meta.get("best_val_bits_per_char")
-        facts = [f"{bpc:.2f} bits/char" if isinstance(bpc, (int, float)) and math.isfinite(bpc) else "no validation", _date(bundle.st_mtime)]
+        facts = [
+            f"{bpc:.2f} bits/char" if isinstance(bpc, (int, float)) and math.isfinite(bpc) else "no validation",
+            _date(bundle.st_mtime),
+        ]
         trained = f"a model trained for {plural(steps, 'step')}" if isinstance(steps, int) else "a model bundle"
         parts.append(f"{output} already holds {trained} ({', '.join(facts)})")
     saved = stat_or_none(run_dir / checkpoint.NAME)

@@ -1,9 +1,9 @@
 """The run directory beside a bundle (`X.lstmgen.run/`): its layout and the lock that keeps two runs apart.
 
-    tokens/           the tokenized corpus (reused when the corpus and settings are unchanged)
-    checkpoint.ckpt   everything needed to continue exactly (lstmgen.checkpoint)
-    metrics.jsonl     one JSON object per logged training step and per validation
-    lock              held while a run writes here, so two runs cannot clobber each other
+tokens/           the tokenized corpus (reused when the corpus and settings are unchanged)
+checkpoint.ckpt   everything needed to continue exactly (lstmgen.checkpoint)
+metrics.jsonl     one JSON object per logged training step and per validation
+lock              held while a run writes here, so two runs cannot clobber each other
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from .fsutil import path_error
 __all__ = ["RUN_FILES", "RunLock", "run_directory"]
 
 #: The files a run writes in its run directory (the guard checks each before a run starts).
-RUN_FILES = ("checkpoint.ckpt", "metrics.jsonl", "lock", "tokens/tokens.bin", "tokens/tokens.json", "tokens/tokenizer.model")
+RUN_FILES = (
+    "checkpoint.ckpt",
+    "metrics.jsonl",
+    "lock",
+    "tokens/tokens.bin",
+    "tokens/tokens.json",
+    "tokens/tokenizer.model",
+)
 
 
 class RunLock:
@@ -97,7 +104,7 @@ class RunLock:
             except OSError as error:
                 os.close(fd)
                 if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                            raise path_error(self.path, error, "lock") from None
+                    raise path_error(self.path, error, "lock") from None
                 raise LstmgenError(
                     f"another `lstmgen train` is already writing {self.directory} ; wait for it to finish or choose another -o"
                 ) from None
@@ -110,7 +117,9 @@ class RunLock:
                 os.write(fd, f"{os.getpid()}\n".encode())
                 return fd
             os.close(fd)
-        raise LstmgenError(f"cannot lock {self.directory}: its lock file keeps changing; is another program removing it?")
+        raise LstmgenError(
+            f"cannot lock {self.directory}: its lock file keeps changing; is another program removing it?"
+        )
 
     def _open(self, flags: int) -> int:
         """The lock file, created if need be; a link, directory, FIFO or device in its place is refused, never waited on."""
@@ -118,7 +127,9 @@ class RunLock:
             fd = os.open(self.path, flags, 0o644)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                raise LstmgenError(f"{self.path} is not a regular file; remove it (lstmgen keeps the run's lock there)") from None
+                raise LstmgenError(
+                    f"{self.path} is not a regular file; remove it (lstmgen keeps the run's lock there)"
+                ) from None
             raise path_error(self.path, error, "lock") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)

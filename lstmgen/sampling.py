@@ -83,7 +83,9 @@ class FastStepper:
         self.model = model
         self.quantize = quantize
         self.int8 = Int8LSTMLanguageModel(model) if quantize == "int8" else None
-        self.cell: Step | None = make_step(model.rnn, model.config.cell, model.config.num_layers) if self.int8 is None else None
+        self.cell: Step | None = (
+            make_step(model.rnn, model.config.cell, model.config.num_layers) if self.int8 is None else None
+        )
         self.embedding = model.embedding.weight
         self.projection = model.projection.weight if model.projection is not None else None
         self.head_weight = model.head.weight
@@ -95,7 +97,9 @@ class FastStepper:
         if self.int8 is not None:
             return self.int8.weight_bytes
         model = self.model
-        total = sum(p.numel() * p.element_size() for name, p in model.named_parameters() if not name.startswith("embedding"))
+        total = sum(
+            p.numel() * p.element_size() for name, p in model.named_parameters() if not name.startswith("embedding")
+        )
         if model.config.tie_weights:  # the tied head is not among the named parameters twice
             total += model.head.weight.numel() * model.head.weight.element_size()
         return total + model.embedding.weight.shape[1] * model.embedding.weight.element_size()
@@ -198,7 +202,9 @@ class _Uniforms:
     def take(self) -> torch.Tensor:
         """(rows, 1) float64: the next number of every row still in the batch."""
         if self.column == self.block.shape[1]:
-            self.block = torch.stack([torch.rand(_UNIFORM_BLOCK, generator=self.generators[i], dtype=torch.float64) for i in self.rows])
+            self.block = torch.stack(
+                [torch.rand(_UNIFORM_BLOCK, generator=self.generators[i], dtype=torch.float64) for i in self.rows]
+            )
             self.column = 0
         self.column += 1
         return self.block[:, self.column - 1 : self.column]
@@ -317,8 +323,14 @@ def _cat_states(states: Sequence[Any]) -> Any:
 class Sampler:
     """Generate samples from a model, yielding text pieces as soon as they are final."""
 
-    def __init__(self, model: LSTMLanguageModel, tokenizer: Tokenizer, device: torch.device | str = "cpu", quantize: str | None = None,
-                 document_start: bool = False) -> None:
+    def __init__(
+        self,
+        model: LSTMLanguageModel,
+        tokenizer: Tokenizer,
+        device: torch.device | str = "cpu",
+        quantize: str | None = None,
+        document_start: bool = False,
+    ) -> None:
         """`document_start`: prompts begin a new document, so they are read after an EOS (for
         models trained on documents="blank-line" corpora, where EOS precedes every document)."""
         self.model = model.eval()
@@ -332,7 +344,9 @@ class Sampler:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """What the model reads before generating: the start id, [EOS,] then the prompt's tokens."""
-        return start_ids(self.tokenizer, "blank-line" if self.document_start else "file") + self.tokenizer.encode(prompt)
+        return start_ids(self.tokenizer, "blank-line" if self.document_start else "file") + self.tokenizer.encode(
+            prompt
+        )
 
     def read_prompt(self, prompt: str) -> tuple[torch.Tensor, Any, list[int]]:
         """Read a prompt once: (next-token logits (1, vocab), state, the prompt's last ids).
@@ -370,7 +384,9 @@ class Sampler:
         count = sum(len(ids) for ids in encoded)
         return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=count)
 
-    def stream(self, prompt: str, options: SamplingOptions, num_samples: int = 1, first_index: int = 0) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
+    def stream(
+        self, prompt: str, options: SamplingOptions, num_samples: int = 1, first_index: int = 0
+    ) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
         """Yield (sample index, text piece) while generating and (index, Sample) when one ends.
 
         The prompt is read once and its state copied to `num_samples` rows generated as a batch;
@@ -380,7 +396,9 @@ class Sampler:
         check_num_samples(num_samples)
         return self._stream([prompt], options, num_samples, first_index)
 
-    def stream_batch(self, prompts: Sequence[str], options: SamplingOptions, first_index: int = 0) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
+    def stream_batch(
+        self, prompts: Sequence[str], options: SamplingOptions, first_index: int = 0
+    ) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
         """Like `stream` with one sample per prompt: prompt i is read on its own, then all rows
         step together; sample i draws from the generator of index `first_index + i`."""
         options.validate()
@@ -389,7 +407,9 @@ class Sampler:
         return self._stream(list(prompts), options, 1, first_index)
 
     @torch.inference_mode()
-    def _stream(self, prompts: list[str], options: SamplingOptions, copies: int, first_index: int) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
+    def _stream(
+        self, prompts: list[str], options: SamplingOptions, copies: int, first_index: int
+    ) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
         """Samples in batches of at most SAMPLES_PER_BATCH rows, in order: memory does not grow with their number."""
         shared = self.read_prompt(prompts[0]) if len(prompts) == 1 else None
         total = copies if shared is not None else len(prompts)
@@ -407,15 +427,20 @@ class Sampler:
                 histories = [r[2] for r in reads]
             yield from self._generate(logits, state, histories, options, first_index + begin)
 
-    def _generate(self, logits: torch.Tensor, state: Any, histories: list[list[int]], options: SamplingOptions,
-                  first_index: int) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
+    def _generate(
+        self, logits: torch.Tensor, state: Any, histories: list[list[int]], options: SamplingOptions, first_index: int
+    ) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
         count = logits.shape[0]
         eos = self.tokenizer.eos_id
         token_bytes = self.tokenizer.token_bytes
         trackers = [_TextTracker(options.stop, options.max_chars) for _ in range(count)]
         uniforms = _Uniforms(options.seed, first_index, count) if options.temperature > 0 else None
         penalty = options.repetition_penalty
-        recent = _RecentTokens(histories, options.repetition_window, logits.shape[1], logits.device) if penalty != 1.0 else None
+        recent = (
+            _RecentTokens(histories, options.repetition_window, logits.shape[1], logits.device)
+            if penalty != 1.0
+            else None
+        )
         generated: list[list[int]] = [[] for _ in range(count)]
         log_probs = [0.0] * count
         active = list(range(count))  # the sample index of each row still in the batch
@@ -468,4 +493,9 @@ class Sampler:
             yield index + first_index, self._sample(tracker, generated[index], log_probs[index])
 
     def _sample(self, tracker: _TextTracker, tokens: list[int], log_prob: float) -> Sample:
-        return Sample(text="".join(tracker.text_parts), tokens=list(tokens), log_prob=log_prob, finish_reason=tracker.finish or FINISH_LENGTH)
+        return Sample(
+            text="".join(tracker.text_parts),
+            tokens=list(tokens),
+            log_prob=log_prob,
+            finish_reason=tracker.finish or FINISH_LENGTH,
+        )

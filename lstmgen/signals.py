@@ -32,8 +32,6 @@ class SignalGuard:
             signal.signal(signum, handler)
 
 
-
-
 class Terminated(BaseException):
     """SIGTERM arrived while a run was being prepared (the trainer handles it itself once training runs).
 

@@ -32,7 +32,9 @@ def suggest_model(train_tokens: int, vocab_size: int, device: torch.device) -> M
         hidden = 512 if train_tokens >= 300_000 else 256 if train_tokens >= 30_000 else 128
     layers = 2 if train_tokens >= 30_000 else 1
     dropout = 0.1 if train_tokens >= 20_000_000 else 0.2 if train_tokens >= 300_000 else 0.3
-    return ModelConfig(vocab_size=vocab_size, embedding_size=hidden, hidden_size=hidden, num_layers=layers, dropout=dropout)
+    return ModelConfig(
+        vocab_size=vocab_size, embedding_size=hidden, hidden_size=hidden, num_layers=layers, dropout=dropout
+    )
 
 
 #: Runs planned to read the training split this many times or more overfit at the default dropout:
@@ -42,7 +44,9 @@ LONG_RUN_EPOCHS = 15.0
 LONG_RUN_DROPOUT = 0.3
 
 
-def budget_dropout(model_config: ModelConfig, config: TrainConfig, train_tokens: int, speed: Callable[[], float]) -> float:
+def budget_dropout(
+    model_config: ModelConfig, config: TrainConfig, train_tokens: int, speed: Callable[[], float]
+) -> float:
     """The model's dropout, raised to LONG_RUN_DROPOUT when the budget buys LONG_RUN_EPOCHS passes or more.
 
     A time budget is turned into tokens with `speed()`, the measured training tokens per second
@@ -67,7 +71,9 @@ PROBE_WARMUP_SECONDS = 0.5
 PROBE_SECONDS = 1.5
 
 
-def measure_tokens_per_second(model_config: ModelConfig, config: TrainConfig, device: torch.device, seconds: float = PROBE_SECONDS) -> float:
+def measure_tokens_per_second(
+    model_config: ModelConfig, config: TrainConfig, device: torch.device, seconds: float = PROBE_SECONDS
+) -> float:
     """Training tokens/s of this model and batch shape, timed on real training steps of random tokens.
 
     The steps are the trainer's (fused AdamW, gradient clipping, the state carried from window to
@@ -79,14 +85,18 @@ def measure_tokens_per_second(model_config: ModelConfig, config: TrainConfig, de
 
     use_threads(config.threads)
     model = LSTMLanguageModel(model_config).to(device).train()
-    optimizer = make_optimizer([{"params": list(model.parameters()), "weight_decay": config.weight_decay}], 1e-4, device)
+    optimizer = make_optimizer(
+        [{"params": list(model.parameters()), "weight_decay": config.weight_decay}], 1e-4, device
+    )
     tokens = torch.randint(3, model_config.vocab_size, (config.batch_size, config.seq_len + 1), device=device)
     state = None
 
     def step() -> None:
         nonlocal state
         logits, new_state = model(tokens[:, :-1], state)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -57,7 +57,9 @@ class Tokenizer:
         try:
             self._sp.LoadFromSerializedProto(self.model_proto)
         except Exception:
-            raise LstmgenError("the tokenizer model is not a valid SentencePiece model; retrain it with `lstmgen tokenize`") from None
+            raise LstmgenError(
+                "the tokenizer model is not a valid SentencePiece model; retrain it with `lstmgen tokenize`"
+            ) from None
         self.vocab_size = int(self._sp.get_piece_size())
         self._token_bytes = self._build_byte_table()
         # Characters SentencePiece cannot round-trip are split off and encoded as byte pieces:
@@ -98,7 +100,9 @@ class Tokenizer:
         try:
             encoded = self._sp.encode(segments) if segments else []
         except TypeError:  # SentencePiece cannot take lone surrogates (undecodable bytes)
-            raise LstmgenError("the text holds invalid Unicode (lone surrogates from undecodable bytes); pass valid UTF-8 text") from None
+            raise LstmgenError(
+                "the text holds invalid Unicode (lone surrogates from undecodable bytes); pass valid UTF-8 text"
+            ) from None
         result: list[list[int]] = []
         position = 0
         for parts in layouts:
@@ -122,7 +126,9 @@ class Tokenizer:
         try:
             arrays = self._sp.encode(list(texts), out_type="numpy")
         except TypeError:
-            raise LstmgenError("the text holds invalid Unicode (lone surrogates from undecodable bytes); pass valid UTF-8 text") from None
+            raise LstmgenError(
+                "the text holds invalid Unicode (lone surrogates from undecodable bytes); pass valid UTF-8 text"
+            ) from None
         return np.concatenate(arrays).astype(dtype, copy=False)
 
     def word_encoder(self, dtype: np.dtype) -> WordEncoder | None:
@@ -175,7 +181,9 @@ class Tokenizer:
     def _byte_id(self, value: int) -> int:
         token_id = self._sp.piece_to_id(f"<0x{value:02X}>")
         if not self._sp.is_byte(token_id):
-            raise LstmgenError("the tokenizer has no byte-fallback pieces, so it is not lossless; retrain it with `lstmgen tokenize`")
+            raise LstmgenError(
+                "the tokenizer has no byte-fallback pieces, so it is not lossless; retrain it with `lstmgen tokenize`"
+            )
         return token_id
 
     def _build_byte_table(self) -> list[bytes]:
@@ -415,7 +423,9 @@ def train_tokenizer(lines: Iterable[str], config: TokenizerConfig) -> Tokenizer:
         raise LstmgenError("the corpus holds no text to train a tokenizer on (only newlines); give a longer corpus")
     coverage = config.character_coverage if config.character_coverage is not None else stats.coverage()
     minimum = stats.minimum_vocab_size(coverage)
-    vocab_size = config.vocab_size if config.vocab_size is not None else default_vocab_size(stats, coverage, config.model_type)
+    vocab_size = (
+        config.vocab_size if config.vocab_size is not None else default_vocab_size(stats, coverage, config.model_type)
+    )
     if vocab_size < minimum:
         raise LstmgenError(
             f"{ref(TokenizerConfig, 'vocab_size')} {vocab_size} is too small for this corpus: it needs at least {minimum} "
@@ -449,12 +459,17 @@ def train_tokenizer(lines: Iterable[str], config: TokenizerConfig) -> Tokenizer:
             minloglevel=2,
         )
     except RuntimeError as error:
-        raise LstmgenError(f"SentencePiece could not train a tokenizer on this corpus ({str(error).splitlines()[0][:200]}); try another {ref(TokenizerConfig, 'vocab_size')} or {ref(TokenizerConfig, 'model_type')}") from None
+        raise LstmgenError(
+            f"SentencePiece could not train a tokenizer on this corpus ({str(error).splitlines()[0][:200]}); try another {ref(TokenizerConfig, 'vocab_size')} or {ref(TokenizerConfig, 'model_type')}"
+        ) from None
     tokenizer = Tokenizer(writer.getvalue())
     if tokenizer.vocab_size != vocab_size:
         log.warning(
             "the corpus supports only %d pieces with --model-type %s; using vocabulary size %d instead of %d",
-            tokenizer.vocab_size, config.model_type, tokenizer.vocab_size, vocab_size,
+            tokenizer.vocab_size,
+            config.model_type,
+            tokenizer.vocab_size,
+            vocab_size,
         )
     return tokenizer
 

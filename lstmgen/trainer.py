@@ -154,7 +154,9 @@ class Trainer:
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = make_optimizer(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], config.learning_rate, self.device
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            config.learning_rate,
+            self.device,
         )
         self.autocast_dtype = resolve_precision(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
@@ -175,16 +177,27 @@ class Trainer:
         self.streams = slice(self.group.rank * share, (self.group.rank + 1) * share)
         self.documents = (self.corpus.meta.get("tokenizer") or {}).get("documents", "file")
         self.fresh_starts = FreshStarts(self.tokenizer, self.documents)
-        self.batcher = StreamBatcher(tokens[:split], config.batch_size, config.seq_len, config.seed, streams=self.streams,
-                                     fresh_starts=self.fresh_starts, reset_every=config.reset_every)
+        self.batcher = StreamBatcher(
+            tokens[:split],
+            config.batch_size,
+            config.seq_len,
+            config.seed,
+            streams=self.streams,
+            fresh_starts=self.fresh_starts,
+            reset_every=config.reset_every,
+        )
         # The held-out text as `lstmgen eval` reads a file: the start ids, then its tokens.
         val_end = min(len(tokens), split + config.val_max_tokens)
-        self.val_tokens = np.concatenate([np.asarray(self.fresh_starts.start_ids(), dtype=tokens.dtype), np.asarray(tokens[split:val_end])])
+        self.val_tokens = np.concatenate(
+            [np.asarray(self.fresh_starts.start_ids(), dtype=tokens.dtype), np.asarray(tokens[split:val_end])]
+        )
         meta = self.corpus.meta["split"]
         if val_end == len(tokens):
             self.val_bytes, self.val_chars = int(meta["val_bytes"]), int(meta["val_chars"])
         else:
-            self.val_bytes, self.val_chars = bounds_size(self.tokenizer, self.val_tokens, [(0, len(self.val_tokens) - 1)], self.documents)
+            self.val_bytes, self.val_chars = bounds_size(
+                self.tokenizer, self.val_tokens, [(0, len(self.val_tokens) - 1)], self.documents
+            )
         self._val_sample: tuple[list[tuple[int, int]], int, int] | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
         self.progress = _Progress()
@@ -234,7 +247,10 @@ class Trainer:
 
         parameters = self.model.num_parameters()
         bundle = parameters * 4 + len(self.tokenizer.model_proto)
-        checkpoint = parameters * 4 * 3 + 2 * self.model_config.num_layers * self.config.batch_size * self.model_config.hidden_size * 4
+        checkpoint = (
+            parameters * 4 * 3
+            + 2 * self.model_config.num_layers * self.config.batch_size * self.model_config.hidden_size * 4
+        )
         needed = bundle + checkpoint + (1 << 20)
         free = shutil.disk_usage(self.run_dir).free  # the run directory sits beside the bundle
         if free < needed:
@@ -246,8 +262,17 @@ class Trainer:
     def _loop(self, guard: SignalGuard) -> TrainResult:
         config = self.config
         p = self.progress
-        self.on_event({"event": "start", "step": p.step, "parameters": self.model.num_parameters(), "device": str(self.device),
-                       "model": to_dict(self.model_config), "train": to_dict(config), "resumed": self.resume})
+        self.on_event(
+            {
+                "event": "start",
+                "step": p.step,
+                "parameters": self.model.num_parameters(),
+                "device": str(self.device),
+                "model": to_dict(self.model_config),
+                "train": to_dict(config),
+                "resumed": self.resume,
+            }
+        )
         started = time.monotonic() - p.elapsed
         last_checkpoint = time.monotonic()
         window_tokens = config.batch_size * config.seq_len
@@ -270,8 +295,16 @@ class Trainer:
             if p.step % config.log_every == 0:
                 now = time.monotonic()
                 p.last_train_loss = p.loss_sum / p.loss_count
-                record = {"type": "train", "step": p.step, "epoch": p.epoch, "loss": p.last_train_loss, "lr": lr,
-                          "tokens_seen": p.tokens_seen, "elapsed": p.elapsed, "tokens_per_second": log_tokens / max(now - log_time, 1e-9)}
+                record = {
+                    "type": "train",
+                    "step": p.step,
+                    "epoch": p.epoch,
+                    "loss": p.last_train_loss,
+                    "lr": lr,
+                    "tokens_seen": p.tokens_seen,
+                    "elapsed": p.elapsed,
+                    "tokens_per_second": log_tokens / max(now - log_time, 1e-9),
+                }
                 self._log_metrics(record)
                 self.on_event({"event": "step", **record, "progress": self._progress_fraction(p.elapsed)})
                 log_time, log_tokens = now, 0
@@ -280,7 +313,9 @@ class Trainer:
             if self._validation_due() or stopped_by in ("max_time", "max_steps", "epochs"):
                 self._validate()
                 p.elapsed = self.group.broadcast_float(time.monotonic() - started)
-                p.next_validation = (math.floor(self._progress_fraction(p.elapsed) / VALIDATION_SHARE) + 1) * VALIDATION_SHARE
+                p.next_validation = (
+                    math.floor(self._progress_fraction(p.elapsed) / VALIDATION_SHARE) + 1
+                ) * VALIDATION_SHARE
             if self.group.any(guard.signal_number is not None):
                 stopped_by = "signal"
             elif self.group.any(self._stop_requested is not None):
@@ -292,11 +327,17 @@ class Trainer:
         if self.group.is_main and (final is not None or not self.output.exists() or p.best_val_loss is None):
             self._save_bundle(final)
         tokens_per_second = p.tokens_seen / max(p.elapsed, 1e-9)
-        best_loss, best_bpc = (final["nll"], final["bits_per_char"]) if final is not None else (p.best_val_loss, p.best_val_bits_per_char)
-        result = TrainResult(self.output, p.step, p.tokens_seen, p.elapsed, best_loss, best_bpc, tokens_per_second, stopped_by)
+        best_loss, best_bpc = (
+            (final["nll"], final["bits_per_char"]) if final is not None else (p.best_val_loss, p.best_val_bits_per_char)
+        )
+        result = TrainResult(
+            self.output, p.step, p.tokens_seen, p.elapsed, best_loss, best_bpc, tokens_per_second, stopped_by
+        )
         self.on_event({"event": "end", **dataclasses.asdict(result), "output": str(self.output)})
         if stopped_by == "signal":
-            raise TrainingInterrupted(guard.signal_number or signal.SIGINT, f"stopped at step {p.step}; checkpoint saved")
+            raise TrainingInterrupted(
+                guard.signal_number or signal.SIGINT, f"stopped at step {p.step}; checkpoint saved"
+            )
         self.group.barrier()
         return result
 
@@ -313,7 +354,9 @@ class Trainer:
         resets = torch.from_numpy(batch.resets) if len(batch.resets) else None
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        ):
             logits, state = self.forward(x, self.state, resets)
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
@@ -373,8 +416,11 @@ class Trainer:
         p = self.progress
         if self._val_sample is None:
             if not p.val_sample_tokens:
-                interval = (self.config.val_every * self.config.batch_size * self.config.seq_len if self.config.val_every is not None
-                            else p.tokens_seen)
+                interval = (
+                    self.config.val_every * self.config.batch_size * self.config.seq_len
+                    if self.config.val_every is not None
+                    else p.tokens_seen
+                )
                 p.val_sample_tokens = max(MIN_VALIDATION_TOKENS, int(VALIDATION_COST * EVAL_SPEEDUP * interval))
             streams = min(VALIDATION_STREAMS, max(1, p.val_sample_tokens // 512))
             bounds = sample_bounds(self.val_tokens, p.val_sample_tokens, streams, self.fresh_starts)
@@ -393,11 +439,25 @@ class Trainer:
         summary = summarize(nll, count, num_bytes, num_chars)
         improved = p.best_val_loss is None or summary["nll"] < p.best_val_loss
         if improved:
-            p.best_val_loss, p.best_val_bits_per_char, p.best_val_step = summary["nll"], summary["bits_per_char"], p.step
-            self._best_weights = {name: value.detach().to("cpu", copy=True) for name, value in self.model.state_dict().items()}
-        record = {"type": "val", "step": p.step, "val_loss": summary["nll"], "val_bits_per_char": summary["bits_per_char"],
-                  "val_bits_per_byte": summary["bits_per_byte"], "val_tokens": count, "best": improved, "elapsed": p.elapsed,
-                  "seconds": round(time.monotonic() - began, 3)}
+            p.best_val_loss, p.best_val_bits_per_char, p.best_val_step = (
+                summary["nll"],
+                summary["bits_per_char"],
+                p.step,
+            )
+            self._best_weights = {
+                name: value.detach().to("cpu", copy=True) for name, value in self.model.state_dict().items()
+            }
+        record = {
+            "type": "val",
+            "step": p.step,
+            "val_loss": summary["nll"],
+            "val_bits_per_char": summary["bits_per_char"],
+            "val_bits_per_byte": summary["bits_per_byte"],
+            "val_tokens": count,
+            "best": improved,
+            "elapsed": p.elapsed,
+            "seconds": round(time.monotonic() - began, 3),
+        }
         self._log_metrics(record)
         self.curve.append({"step": p.step, "train_loss": p.last_train_loss, "val_loss": summary["nll"]})
         self.on_event({"event": "val", **record})
@@ -418,12 +478,22 @@ class Trainer:
             self.model.load_state_dict({name: value.to(self.device) for name, value in self._best_weights.items()})
         streams = min(VALIDATION_STREAMS, max(1, (len(self.val_tokens) - 1) // 1024))
         began = time.monotonic()
-        nll, count = total_nll(self.model, self.val_tokens, num_streams=streams, device=self.device, fresh_starts=self.fresh_starts)
+        nll, count = total_nll(
+            self.model, self.val_tokens, num_streams=streams, device=self.device, fresh_starts=self.fresh_starts
+        )
         summary = summarize(nll, count, self.val_bytes, self.val_chars)
         summary["streams"] = streams
-        record = {"type": "val", "step": self.progress.best_val_step or self.progress.step, "val_loss": summary["nll"],
-                  "val_bits_per_char": summary["bits_per_char"], "val_bits_per_byte": summary["bits_per_byte"], "val_tokens": count,
-                  "final": True, "elapsed": self.progress.elapsed, "seconds": round(time.monotonic() - began, 3)}
+        record = {
+            "type": "val",
+            "step": self.progress.best_val_step or self.progress.step,
+            "val_loss": summary["nll"],
+            "val_bits_per_char": summary["bits_per_char"],
+            "val_bits_per_byte": summary["bits_per_byte"],
+            "val_tokens": count,
+            "final": True,
+            "elapsed": self.progress.elapsed,
+            "seconds": round(time.monotonic() - began, 3),
+        }
         self._log_metrics(record)
         self.on_event({"event": "val", **record, "best": True})
         self.group.barrier()
@@ -435,7 +505,9 @@ class Trainer:
             tokens = self.corpus.tokens()[: self.corpus.split]
             counts = np.zeros(self.model_config.vocab_size, dtype=np.int64)
             for start in range(0, len(tokens), 1 << 24):
-                counts += np.bincount(np.asarray(tokens[start : start + (1 << 24)]), minlength=self.model_config.vocab_size)[: self.model_config.vocab_size]
+                counts += np.bincount(
+                    np.asarray(tokens[start : start + (1 << 24)]), minlength=self.model_config.vocab_size
+                )[: self.model_config.vocab_size]
             self._counts = counts.tolist()
         return self._counts
 
@@ -443,11 +515,20 @@ class Trainer:
         """Write the bundle: the current weights with the best validation figures (the final ones when given)."""
         p = self.progress
         if final is not None:
-            validation = {"loss": final["nll"], "bits_per_char": final["bits_per_char"], "tokens": final["tokens"], "scope": "held-out split",
-                          "streams": final["streams"]}
+            validation = {
+                "loss": final["nll"],
+                "bits_per_char": final["bits_per_char"],
+                "tokens": final["tokens"],
+                "scope": "held-out split",
+                "streams": final["streams"],
+            }
         else:
-            validation = {"loss": p.best_val_loss, "bits_per_char": p.best_val_bits_per_char, "tokens": p.val_sample_tokens,
-                          "scope": "sample of the held-out split"}
+            validation = {
+                "loss": p.best_val_loss,
+                "bits_per_char": p.best_val_bits_per_char,
+                "tokens": p.val_sample_tokens,
+                "scope": "sample of the held-out split",
+            }
         training = {
             "steps": p.step,
             "tokens_seen": p.tokens_seen,
@@ -457,13 +538,22 @@ class Trainer:
             "best_val_step": p.best_val_step,
             "validation": validation,
             "corpus_sha256": self.corpus.meta.get("corpus_sha256"),
-            "corpus_files": [{"name": Path(f["path"]).name, "bytes": f["bytes"], "sha256": f["sha256"]} for f in self.corpus.meta.get("files", [])],
+            "corpus_files": [
+                {"name": Path(f["path"]).name, "bytes": f["bytes"], "sha256": f["sha256"]}
+                for f in self.corpus.meta.get("files", [])
+            ],
             "train_config": to_dict(self.config),
             "device": str(self.device),
             "curve": self.curve[-500:],
             "token_counts": self._token_counts(),
         }
-        save_bundle(self.output, self.model, self.tokenizer, tokenizer_settings=self.corpus.meta.get("tokenizer"), training=training)
+        save_bundle(
+            self.output,
+            self.model,
+            self.tokenizer,
+            tokenizer_settings=self.corpus.meta.get("tokenizer"),
+            training=training,
+        )
         self.on_event({"event": "bundle", "step": p.step, "path": str(self.output)})
 
     # -- metrics ----------------------------------------------------------------------------------
@@ -523,7 +613,9 @@ class Trainer:
             "fingerprint": self._fingerprint(),
             "progress": dataclasses.asdict(self.progress),
             "curve": self.curve,
-            "optimizer_groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer_state["param_groups"]],
+            "optimizer_groups": [
+                {k: v for k, v in g.items() if k != "params"} for g in optimizer_state["param_groups"]
+            ],
         }
         checkpoint.write(self.checkpoint_path, state, tensors)
         self.on_event({"event": "checkpoint", "step": self.progress.step, "path": str(self.checkpoint_path)})
@@ -547,7 +639,9 @@ class Trainer:
             self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
             self.progress = _Progress(**state["progress"])
         except (RuntimeError, KeyError, TypeError, ValueError) as error:
-            raise LstmgenError(f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start over with {ref(RunOptions, 'overwrite')}") from None
+            raise LstmgenError(
+                f"{self.checkpoint_path} does not fit this run ({str(error).splitlines()[0][:120]}); start over with {ref(RunOptions, 'overwrite')}"
+            ) from None
         rank = self.group.rank
         torch.set_rng_state(tensors.get(f"rng.cpu.r{rank}", tensors["rng.cpu"]))
         if self.device.type == "cuda" and "rng.cuda" in tensors:
@@ -567,6 +661,8 @@ class Trainer:
 
         try:
             bundle = load_bundle(self.output)
-            return {name: value.detach().cpu() for name, value in weights_to_state_dict(self.model, bundle.tensors).items()}
+            return {
+                name: value.detach().cpu() for name, value in weights_to_state_dict(self.model, bundle.tensors).items()
+            }
         except (LstmgenError, RuntimeError, KeyError):
             return None

@@ -87,20 +87,42 @@ class Scale:
 
 
 #: Surprisal scale: 0 bits white → yellow → orange → red at 12 bits and above.
-SURPRISAL_STOPS: list[tuple[float, RGB]] = [(0.0, (255, 255, 255)), (1 / 12, (255, 247, 188)), (2 / 12, (254, 227, 145)),
-                                            (4 / 12, (254, 196, 79)), (6 / 12, (254, 153, 41)), (8 / 12, (236, 112, 20)),
-                                            (10 / 12, (204, 76, 2)), (1.0, (153, 52, 4))]
+SURPRISAL_STOPS: list[tuple[float, RGB]] = [
+    (0.0, (255, 255, 255)),
+    (1 / 12, (255, 247, 188)),
+    (2 / 12, (254, 227, 145)),
+    (4 / 12, (254, 196, 79)),
+    (6 / 12, (254, 153, 41)),
+    (8 / 12, (236, 112, 20)),
+    (10 / 12, (204, 76, 2)),
+    (1.0, (153, 52, 4)),
+]
 
 
 def surprisal_scale(high: float = 12.0) -> Scale:
-    return Scale(0.0, high, SURPRISAL_STOPS, "surprisal", "bits",
-                 levels=[(">=", 4.0, "‹", "›", "surprising: 4–8 bits (p < 1/16)"), (">=", 8.0, "«", "»", "very surprising: ≥ 8 bits (p < 1/256)")],
-                 ticks=[0, 2, 4, 6, 8, 10, 12], blank_below=0.5)
+    return Scale(
+        0.0,
+        high,
+        SURPRISAL_STOPS,
+        "surprisal",
+        "bits",
+        levels=[
+            (">=", 4.0, "‹", "›", "surprising: 4–8 bits (p < 1/16)"),
+            (">=", 8.0, "«", "»", "very surprising: ≥ 8 bits (p < 1/256)"),
+        ],
+        ticks=[0, 2, 4, 6, 8, 10, 12],
+        blank_below=0.5,
+    )
 
 
 #: Diverging scale for activations: blue (negative) → white (0) → red (positive).
-DIVERGING_STOPS: list[tuple[float, RGB]] = [(0.0, (33, 102, 172)), (0.25, (103, 169, 207)), (0.5, (247, 247, 247)),
-                                            (0.75, (239, 138, 98)), (1.0, (178, 24, 43))]
+DIVERGING_STOPS: list[tuple[float, RGB]] = [
+    (0.0, (33, 102, 172)),
+    (0.25, (103, 169, 207)),
+    (0.5, (247, 247, 247)),
+    (0.75, (239, 138, 98)),
+    (1.0, (178, 24, 43)),
+]
 
 
 def activation_scale(limit: float, label: str, low_mark: float, high_mark: float) -> Scale:
@@ -109,9 +131,19 @@ def activation_scale(limit: float, label: str, low_mark: float, high_mark: float
     mean ∓ one standard deviation, so a cell that is never negative still shows its structure)."""
     limit = limit if limit > 0 and math.isfinite(limit) else 1.0
     half = limit / 2
-    return Scale(-limit, limit, DIVERGING_STOPS, label, "",
-                 levels=[("<=", low_mark, "‹", "›", f"low: ≤ {low_mark:.3g}"), (">=", high_mark, "«", "»", f"high: ≥ {high_mark:.3g}")],
-                 diverging=True, ticks=[-limit, -half, 0.0, half, limit])
+    return Scale(
+        -limit,
+        limit,
+        DIVERGING_STOPS,
+        label,
+        "",
+        levels=[
+            ("<=", low_mark, "‹", "›", f"low: ≤ {low_mark:.3g}"),
+            (">=", high_mark, "«", "»", f"high: ≥ {high_mark:.3g}"),
+        ],
+        diverging=True,
+        ticks=[-limit, -half, 0.0, half, limit],
+    )
 
 
 # -- what is drawn -----------------------------------------------------------------------------------
@@ -202,7 +234,9 @@ def _tick_label(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
 
 
-def print_spans(spans: Sequence[Span], scale: Scale, write: Callable[[str], None], color_console: Any | None, header: str = "") -> None:
+def print_spans(
+    spans: Sequence[Span], scale: Scale, write: Callable[[str], None], color_console: Any | None, header: str = ""
+) -> None:
     """Print coloured text and its legend: with `color_console` (a rich Console) in colour, else plain."""
     if color_console is not None:
         if header:
@@ -214,7 +248,14 @@ def print_spans(spans: Sequence[Span], scale: Scale, write: Callable[[str], None
         color_console.print(rich_legend(scale), soft_wrap=True, highlight=False)
         return
     body = plain_text(spans, scale)
-    write((header + "\n" if header else "") + body + ("" if body.endswith("\n") or not body else "\n") + "\n" + legend_plain(scale) + "\n")
+    write(
+        (header + "\n" if header else "")
+        + body
+        + ("" if body.endswith("\n") or not body else "\n")
+        + "\n"
+        + legend_plain(scale)
+        + "\n"
+    )
 
 
 # -- the HTML page -----------------------------------------------------------------------------------
@@ -309,7 +350,9 @@ _PAGE_JS = r"""
 """
 
 
-def html_page(title: str, spans: Sequence[Span], scale: Scale, summary: str = "", fields: Sequence[dict[str, Any]] = ()) -> str:
+def html_page(
+    title: str, spans: Sequence[Span], scale: Scale, summary: str = "", fields: Sequence[dict[str, Any]] = ()
+) -> str:
     """A self-contained page (inline CSS and JS, no network): coloured spans, a legend, and a
     tooltip on hover (click pins it) showing each span's text, `fields` of its info and its
     alternatives. `fields`: [{"key", "label", "unit", "digits" (int or "pct")}]."""
@@ -319,8 +362,14 @@ def html_page(title: str, spans: Sequence[Span], scale: Scale, summary: str = ""
         rgb = scale.color(span.value)
         visible, breaks = _split_newlines(span.text)
         glyph = f'<span class="nl">{NEWLINE_GLYPH}</span>' if breaks and not visible.strip() else ""
-        style = "" if scale.blank(span.value) else f' style="background:{hex_color(rgb)};color:{hex_color(text_color(rgb))}"'
-        body.append(f'<span class="t" data-i="{index}"{style}>{html.escape(visible)}{glyph}</span>{html.escape(breaks)}')
+        style = (
+            ""
+            if scale.blank(span.value)
+            else f' style="background:{hex_color(rgb)};color:{hex_color(text_color(rgb))}"'
+        )
+        body.append(
+            f'<span class="t" data-i="{index}"{style}>{html.escape(visible)}{glyph}</span>{html.escape(breaks)}'
+        )
         data.append({"text": span.text, **span.info})
     ticks = []
     for tick in scale.ticks:
@@ -328,12 +377,14 @@ def html_page(title: str, spans: Sequence[Span], scale: Scale, summary: str = ""
         label = _tick_label(tick) + ("+" if tick == scale.high and not scale.diverging else "")
         ticks.append(f'<span style="left:{left:.1f}%">{html.escape(label)}</span>')
     gradient = ", ".join(f"{hex_color(color)} {100 * t:.1f}%" for t, color in scale.stops)
-    payload = json.dumps({"spans": data, "fields": list(fields)}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    payload = json.dumps(
+        {"spans": data, "fields": list(fields)}, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
     payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
     unit = f" ({scale.unit})" if scale.unit else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_PAGE_CSS}</style>\n</head>\n<body>\n"
         f"<header><h1>{html.escape(title)}</h1>"
         + (f'<p class="summary">{html.escape(summary)}</p>' if summary else "")
@@ -375,7 +426,11 @@ def read_curve(training: dict[str, Any]) -> Curve | None:
         return None
 
     def number(value: Any) -> float | None:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+        return (
+            float(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            else None
+        )
 
     train, val = [], []
     for point in raw:
@@ -477,16 +532,46 @@ def plot_curves_png(curve: Curve, path: Path, title: str) -> None:
     axes = figure.add_subplot()
     few = max(len(curve.train), len(curve.val)) <= 30
     if curve.train:
-        axes.plot([p[0] for p in curve.train], [p[1] for p in curve.train], color="#1f77b4", linewidth=1.8, marker="o" if few else None,
-                  markersize=3, label="train loss (mean since the previous log line)")
+        axes.plot(
+            [p[0] for p in curve.train],
+            [p[1] for p in curve.train],
+            color="#1f77b4",
+            linewidth=1.8,
+            marker="o" if few else None,
+            markersize=3,
+            label="train loss (mean since the previous log line)",
+        )
     if curve.val:
-        axes.plot([p[0] for p in curve.val], [p[1] for p in curve.val], color="#ff7f0e", linewidth=1.8, marker="o" if few else None,
-                  markersize=4, label="validation loss")
+        axes.plot(
+            [p[0] for p in curve.val],
+            [p[1] for p in curve.val],
+            color="#ff7f0e",
+            linewidth=1.8,
+            marker="o" if few else None,
+            markersize=4,
+            label="validation loss",
+        )
     if curve.best_step is not None and curve.best_loss is not None:
-        axes.plot([curve.best_step], [curve.best_loss], linestyle="none", marker="*", markersize=16, color="#d62728",
-                  markeredgecolor="#7f0000", label=f"best validation {curve.best_loss:.4f} (step {curve.best_step})", zorder=5)
-        axes.annotate(f"best {curve.best_loss:.3f}\nstep {curve.best_step}", (curve.best_step, curve.best_loss), textcoords="offset points",
-                      xytext=(-10, 18), ha="right", fontsize=9, color="#7f0000")
+        axes.plot(
+            [curve.best_step],
+            [curve.best_loss],
+            linestyle="none",
+            marker="*",
+            markersize=16,
+            color="#d62728",
+            markeredgecolor="#7f0000",
+            label=f"best validation {curve.best_loss:.4f} (step {curve.best_step})",
+            zorder=5,
+        )
+        axes.annotate(
+            f"best {curve.best_loss:.3f}\nstep {curve.best_step}",
+            (curve.best_step, curve.best_loss),
+            textcoords="offset points",
+            xytext=(-10, 18),
+            ha="right",
+            fontsize=9,
+            color="#7f0000",
+        )
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))

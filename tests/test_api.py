@@ -60,3 +60,14 @@ def test_dry_run_estimates_the_speed_the_run_trains_at(small_corpus: Path, tmp_p
               if r["type"] == "train" and r["step"] > 10]
     trained = sorted(speeds)[len(speeds) // 2]
     assert 0.7 <= estimate / trained <= 1.3, (estimate, trained)
+
+
+def test_inference_never_imports_training() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, lstmgen\nm = lstmgen.load('shakespeare')\nm.generate('A', max_tokens=2)\n"
+            "found = [name for name in ('lstmgen.trainer', 'lstmgen.run', 'lstmgen.sizing', 'lstmgen.checkpoint') if name in sys.modules]\n"
+            "assert not found, found\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()

@@ -29,7 +29,11 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only errors on stderr: no progress, notes or warnings."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    quiet: bool = typer.Option(
+        False, "-q", "--quiet", help="Print only errors on stderr: no progress, notes or warnings."
+    ),
 ) -> None:
     setup_logging(quiet)

@@ -18,18 +18,50 @@ FLAGS = [
     Flag("files", "Text files to evaluate (UTF-8).", type=list[Path], metavar="FILE...", argument=True, required=True),
     Flag("model", MODEL_HELP, ("-m", "--model"), metavar="MODEL"),
     Flag("as_json", "Print the results as JSON on stdout.", ("--json",), type=bool, default=False),
-    Flag("streams", "Evaluate each file as N parallel streams, each starting fresh at a paragraph. (default: 1 per 200k tokens, "
-         "so small files are read exactly as one stream)", ("--streams",), type=Optional[int], metavar="N"),
-    Flag("baselines", "Also report gzip -9, bz2 -9, xz -9e and a unigram model of the training tokens on the same text.",
-         ("--baselines/--no-baselines",), type=bool, default=True),
-    Flag("per_token", "Write one JSON line per token on stdout: its id, text, surprisal in bits and the likeliest alternatives "
-         "(the table goes to stderr).", ("--per-token",), type=bool, default=False),
-    Flag("top_k_alternatives", "Alternatives listed per token by --per-token, --heatmap and --html. (default: 5)", ("--top-k-alternatives",),
-         type=Optional[int], metavar="K"),
-    Flag("heatmap", "Print the text with each piece coloured by its surprisal (marked with ‹ › « » without colour).", ("--heatmap",),
-         type=bool, default=False),
-    Flag("html_path", "Write the surprisal heatmap as a self-contained HTML page (hover over a piece for details).", ("--html",),
-         type=Optional[Path], metavar="PAGE.html"),
+    Flag(
+        "streams",
+        "Evaluate each file as N parallel streams, each starting fresh at a paragraph. (default: 1 per 200k tokens, "
+        "so small files are read exactly as one stream)",
+        ("--streams",),
+        type=Optional[int],
+        metavar="N",
+    ),
+    Flag(
+        "baselines",
+        "Also report gzip -9, bz2 -9, xz -9e and a unigram model of the training tokens on the same text.",
+        ("--baselines/--no-baselines",),
+        type=bool,
+        default=True,
+    ),
+    Flag(
+        "per_token",
+        "Write one JSON line per token on stdout: its id, text, surprisal in bits and the likeliest alternatives "
+        "(the table goes to stderr).",
+        ("--per-token",),
+        type=bool,
+        default=False,
+    ),
+    Flag(
+        "top_k_alternatives",
+        "Alternatives listed per token by --per-token, --heatmap and --html. (default: 5)",
+        ("--top-k-alternatives",),
+        type=Optional[int],
+        metavar="K",
+    ),
+    Flag(
+        "heatmap",
+        "Print the text with each piece coloured by its surprisal (marked with ‹ › « » without colour).",
+        ("--heatmap",),
+        type=bool,
+        default=False,
+    ),
+    Flag(
+        "html_path",
+        "Write the surprisal heatmap as a self-contained HTML page (hover over a piece for details).",
+        ("--html",),
+        type=Optional[Path],
+        metavar="PAGE.html",
+    ),
 ]
 
 
@@ -48,7 +80,9 @@ def evaluate(**values: Any) -> None:
     detail = _check_detail(files, values["as_json"], values["streams"], per_token, heatmap, html_path)
     model_path = _model_and_page(values["model"], files, html_path)
     lm = lstmgen.load(model_path, **given(values, INFERENCE))
-    found = evaluate_files(lm, files, values["streams"], values["errors"] or "strict", values["baselines"], top_k if detail else None)
+    found = evaluate_files(
+        lm, files, values["streams"], values["errors"] or "strict", values["baselines"], top_k if detail else None
+    )
     for item in found if detail else ():
         if per_token:
             _write_per_token(lm.tokenizer, item.surprisal, str(item.path) if len(files) > 1 else None)
@@ -58,14 +92,18 @@ def evaluate(**values: Any) -> None:
     _report(results, values["as_json"], values["baselines"], per_token)
 
 
-def _check_detail(files: list[Path], as_json: bool, streams: int | None, per_token: bool, heatmap: bool, html_path: Path | None) -> bool:
+def _check_detail(
+    files: list[Path], as_json: bool, streams: int | None, per_token: bool, heatmap: bool, html_path: Path | None
+) -> bool:
     """Refuse output options that cannot go together, before any work; True when per-token output is wanted."""
     if not (per_token or heatmap or html_path is not None):
         return False
     if per_token and as_json:
         raise LstmgenError("--per-token writes JSON lines on stdout; drop --json (the summary table goes to stderr)")
     if per_token and heatmap:
-        raise LstmgenError("--per-token and --heatmap both write to stdout; use --per-token with --html instead of --heatmap")
+        raise LstmgenError(
+            "--per-token and --heatmap both write to stdout; use --per-token with --html instead of --heatmap"
+        )
     if heatmap and as_json:
         raise LstmgenError("--heatmap prints text on stdout; drop --json or write the heatmap with --html")
     if (heatmap or html_path is not None) and len(files) > 1:
@@ -95,7 +133,9 @@ def _report(results: list[dict[str, Any]], as_json: bool, with_baselines: bool, 
     from ..evaluation import combine
 
     if as_json:
-        payload: Any = results[0] if len(results) == 1 else {"files": results, "total": combine(results, with_baselines)}
+        payload: Any = (
+            results[0] if len(results) == 1 else {"files": results, "total": combine(results, with_baselines)}
+        )
         write_stdout(json.dumps(payload) + "\n")
         return
     from rich.table import Table
@@ -105,7 +145,14 @@ def _report(results: list[dict[str, Any]], as_json: bool, with_baselines: bool, 
         table.add_column(column, justify="left" if column == "file" else "right")
     rows = results + ([{**combine(results, with_baselines), "file": "all"}] if len(results) > 1 else [])
     for r in rows:
-        table.add_row(str(r["file"]), f"{r['tokens']:,}", f"{r['nll']:.4f}", f"{r['perplexity']:.2f}", f"{r['bits_per_byte']:.4f}", f"{r['bits_per_char']:.4f}")
+        table.add_row(
+            str(r["file"]),
+            f"{r['tokens']:,}",
+            f"{r['nll']:.4f}",
+            f"{r['perplexity']:.2f}",
+            f"{r['bits_per_byte']:.4f}",
+            f"{r['bits_per_char']:.4f}",
+        )
     console = table_console(data_on_stdout=per_token)
     console.print(table)
     _print_baselines(rows, console)
@@ -134,11 +181,15 @@ def _show_heatmap(tokenizer: Any, item: Any, heatmap: bool, html_path: Path | No
         print_spans(spans, scale, write_stdout, stdout_color_console())
     if html_path is not None:
         result = item.result
-        summary = (f"{result['tokens']:,} tokens, {result['bits_per_byte']:.4f} bits/byte, {result['bits_per_char']:.4f} bits/char, "
-                   f"perplexity {result['perplexity']:.2f}. Each piece of text is coloured by its surprisal, −log₂ p, under the model.")
-        fields: list[dict[str, Any]] = [{"key": "bits", "label": "surprisal", "unit": "bits", "digits": 2},
-                                        {"key": "p", "label": "probability", "digits": "pct"},
-                  {"key": "tokens", "label": "tokens in this piece", "digits": 0}]
+        summary = (
+            f"{result['tokens']:,} tokens, {result['bits_per_byte']:.4f} bits/byte, {result['bits_per_char']:.4f} bits/char, "
+            f"perplexity {result['perplexity']:.2f}. Each piece of text is coloured by its surprisal, −log₂ p, under the model."
+        )
+        fields: list[dict[str, Any]] = [
+            {"key": "bits", "label": "surprisal", "unit": "bits", "digits": 2},
+            {"key": "p", "label": "probability", "digits": "pct"},
+            {"key": "tokens", "label": "tokens in this piece", "digits": 0},
+        ]
         write_html(html_path, html_page(f"Surprisal: {item.path.name}", spans, scale, summary, fields))
         info(f"wrote {html_path}")
 
@@ -153,7 +204,9 @@ def _print_baselines(rows: list[dict[str, Any]], console: Any) -> None:
         return
     has_unigram = any((r.get("baselines") or {}).get("unigram") for r in rows)
     table = Table(title="bits per byte, lower is better", title_justify="left")
-    columns = ["file", "this model"] + (["unigram"] if has_unigram else []) + [label for label, _ in COMPRESSORS.values()]
+    columns = (
+        ["file", "this model"] + (["unigram"] if has_unigram else []) + [label for label, _ in COMPRESSORS.values()]
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "file" else "right")
     for r in rows:
@@ -166,10 +219,14 @@ def _print_baselines(rows: list[dict[str, Any]], console: Any) -> None:
     console.print(table)
 
 
-app.command(name="eval", short_help="Measure a model on text: bits per byte and per character.", epilog=examples(
-    "lstmgen eval held-out.txt",
-    "lstmgen eval -m shakespeare.lstmgen held-out.txt",
-    "lstmgen eval -m shakespeare.lstmgen held-out.txt --json | jq .bits_per_char",
-    "lstmgen eval -m shakespeare.lstmgen held-out.txt --heatmap --html heatmap.html",
-    "lstmgen eval -m shakespeare.lstmgen held-out.txt --per-token | jq -c 'select(.surprisal_bits > 10)'",
-))(signature(evaluate, FLAGS, OPTIONS))
+app.command(
+    name="eval",
+    short_help="Measure a model on text: bits per byte and per character.",
+    epilog=examples(
+        "lstmgen eval held-out.txt",
+        "lstmgen eval -m shakespeare.lstmgen held-out.txt",
+        "lstmgen eval -m shakespeare.lstmgen held-out.txt --json | jq .bits_per_char",
+        "lstmgen eval -m shakespeare.lstmgen held-out.txt --heatmap --html heatmap.html",
+        "lstmgen eval -m shakespeare.lstmgen held-out.txt --per-token | jq -c 'select(.surprisal_bits > 10)'",
+    ),
+)(signature(evaluate, FLAGS, OPTIONS))

@@ -18,18 +18,41 @@ OPTIONS = [*options_of(RunOptions, only=["errors"]), *options_of(InferenceOption
 FLAGS = [
     Flag("file", "Text file to run the model over (UTF-8).", type=Path, metavar="FILE", argument=True, required=True),
     Flag("model", MODEL_HELP, ("-m", "--model"), metavar="MODEL"),
-    Flag("neuron", "Colour the text by this cell's activation; both numbers count from 0, as --find prints them.", ("--neuron",),
-         metavar="LAYER:CELL"),
-    Flag("find", "Rank cells by how strongly they track simple features of the text: quotes, brackets, position in the line and more.",
-         ("--find",), type=bool, default=False),
-    Flag("state", "c (the cell state; the default for --neuron) or h (the output); --find scans both unless one is given.", ("--state",),
-         metavar="c|h"),
-    Flag("html_path", "With --neuron: also write the coloured text as a self-contained HTML page.", ("--html",), type=Optional[Path],
-         metavar="PAGE.html"),
+    Flag(
+        "neuron",
+        "Colour the text by this cell's activation; both numbers count from 0, as --find prints them.",
+        ("--neuron",),
+        metavar="LAYER:CELL",
+    ),
+    Flag(
+        "find",
+        "Rank cells by how strongly they track simple features of the text: quotes, brackets, position in the line and more.",
+        ("--find",),
+        type=bool,
+        default=False,
+    ),
+    Flag(
+        "state",
+        "c (the cell state; the default for --neuron) or h (the output); --find scans both unless one is given.",
+        ("--state",),
+        metavar="c|h",
+    ),
+    Flag(
+        "html_path",
+        "With --neuron: also write the coloured text as a self-contained HTML page.",
+        ("--html",),
+        type=Optional[Path],
+        metavar="PAGE.html",
+    ),
     Flag("as_json", "Print the results as JSON on stdout.", ("--json",), type=bool, default=False),
     Flag("top", "Cells listed per feature by --find. (default: 3)", ("--top",), type=Optional[int], metavar="N"),
-    Flag("max_tokens", "Read at most this many tokens from the start of the file. (default: 20000)", ("--max-tokens",), type=Optional[int],
-         metavar="N"),
+    Flag(
+        "max_tokens",
+        "Read at most this many tokens from the start of the file. (default: 20000)",
+        ("--max-tokens",),
+        type=Optional[int],
+        metavar="N",
+    ),
 ]
 
 
@@ -75,19 +98,34 @@ def _show_neuron(text: Any, layer: int, index: int, html_path: Path | None, as_j
     shown = view.values
     label = f"cell {layer}:{index} {STATE_LABELS[kind]} ({kind})"
     if as_json:
-        payload = {"neuron": f"{layer}:{index}", "layer": layer, "cell": index, "state": kind, "file": str(path),
-                   "min": float(shown.min()), "max": float(shown.max()), "mean": float(shown.mean()),
-                   "pieces": [{"text": p.text, "value": round(float(v), 5)} for p, v in zip(pieces, shown)]}
+        payload = {
+            "neuron": f"{layer}:{index}",
+            "layer": layer,
+            "cell": index,
+            "state": kind,
+            "file": str(path),
+            "min": float(shown.min()),
+            "max": float(shown.max()),
+            "mean": float(shown.mean()),
+            "pieces": [{"text": p.text, "value": round(float(v), 5)} for p, v in zip(pieces, shown)],
+        }
         write_stdout(json.dumps(payload, ensure_ascii=False) + "\n")
     scale = activation_scale(view.limit, label, view.low, view.high)
-    spans = [Span(p.text, float(v), {"value": round(float(v), 4)} | ({"tokens": p.token_count} if p.token_count > 1 else {}))
-             for p, v in zip(pieces, shown)]
+    spans = [
+        Span(p.text, float(v), {"value": round(float(v), 4)} | ({"tokens": p.token_count} if p.token_count > 1 else {}))
+        for p, v in zip(pieces, shown)
+    ]
     if not as_json:
         print_spans(spans, scale, write_stdout, stdout_color_console())
     if html_path is not None:
-        summary = (f"{cell.upper()} layer {layer}, cell {index}, {STATE_LABELS[kind]} {kind}, after reading each piece of {path.name}: "
-                   f"red positive, blue negative, full colour at ±{scale.high:.3g} (range {shown.min():.3g} … {shown.max():.3g}).")
-        fields = [{"key": "value", "label": f"{kind}[{layer}:{index}]", "digits": 4}, {"key": "tokens", "label": "tokens in this piece", "digits": 0}]
+        summary = (
+            f"{cell.upper()} layer {layer}, cell {index}, {STATE_LABELS[kind]} {kind}, after reading each piece of {path.name}: "
+            f"red positive, blue negative, full colour at ±{scale.high:.3g} (range {shown.min():.3g} … {shown.max():.3g})."
+        )
+        fields = [
+            {"key": "value", "label": f"{kind}[{layer}:{index}]", "digits": 4},
+            {"key": "tokens", "label": "tokens in this piece", "digits": 0},
+        ]
         write_html(html_path, html_page(f"{label}: {path.name}", spans, scale, summary, fields))
         info(f"wrote {html_path}")
 
@@ -99,10 +137,24 @@ def _show_find(text: Any, top: int, model: str | None, as_json: bool) -> None:
     config, pieces, kinds, path = text.config, text.pieces, text.kinds, Path(text.path)
     if as_json:
         payload = {
-            "file": str(path), "pieces": len(pieces), "tokens": len(text.ids) - 1, "cell": config.cell, "layers": config.num_layers,
-            "hidden_size": config.hidden_size, "states": list(kinds), "chance_r": round(chance, 4),
-            "features": [{"name": m.name, "description": m.description, "context": m.context, "mean": round(m.mean, 4),
-                          "top": [c.as_dict() for c in m.top]} for m in matches],
+            "file": str(path),
+            "pieces": len(pieces),
+            "tokens": len(text.ids) - 1,
+            "cell": config.cell,
+            "layers": config.num_layers,
+            "hidden_size": config.hidden_size,
+            "states": list(kinds),
+            "chance_r": round(chance, 4),
+            "features": [
+                {
+                    "name": m.name,
+                    "description": m.description,
+                    "context": m.context,
+                    "mean": round(m.mean, 4),
+                    "top": [c.as_dict() for c in m.top],
+                }
+                for m in matches
+            ],
             "constant_features": constant,
         }
         write_stdout(json.dumps(payload, ensure_ascii=False) + "\n")
@@ -110,12 +162,18 @@ def _show_find(text: Any, top: int, model: str | None, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False, width=None if sys.stdout.isatty() else 140)
+    console = Console(
+        no_color=bool(os.environ.get("NO_COLOR")), highlight=False, width=None if sys.stdout.isatty() else 140
+    )
     states = " and ".join(f"{STATE_LABELS[k]} ({k})" for k in kinds)
-    table = Table(title=f"cells that track features of {path.name}: {len(pieces):,} pieces, {states} of {config.num_layers}×{config.hidden_size} cells",
-                  title_justify="left", caption=f"Above the line: features of the context (a cell needs memory to track them); below: of the piece just read. "
-                                                f"r: correlation over the pieces; |r| above {chance:.3f} is unlikely by chance. "
-                                                "LAYER:CELL counts from 0, as --neuron takes it.", caption_justify="left")
+    table = Table(
+        title=f"cells that track features of {path.name}: {len(pieces):,} pieces, {states} of {config.num_layers}×{config.hidden_size} cells",
+        title_justify="left",
+        caption=f"Above the line: features of the context (a cell needs memory to track them); below: of the piece just read. "
+        f"r: correlation over the pieces; |r| above {chance:.3f} is unlikely by chance. "
+        "LAYER:CELL counts from 0, as --neuron takes it.",
+        caption_justify="left",
+    )
     table.add_column("feature")
     table.add_column("what it measures")
     for rank in range(top):
@@ -134,11 +192,13 @@ def _show_find(text: Any, top: int, model: str | None, as_json: bool) -> None:
         info(f"see one: lstmgen inspect{hint_model} {path} --neuron {best.layer}:{best.index} --state {best.kind}")
 
 
-
-
-app.command(name="inspect", short_help="Look inside a model: which cells track what in a text.", epilog=examples(
-    "lstmgen inspect held-out.txt --find",
-    "lstmgen inspect -m shakespeare.lstmgen held-out.txt --find",
-    "lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137",
-    "lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137 --html cell.html",
-))(signature(inspect_command, FLAGS, OPTIONS))
+app.command(
+    name="inspect",
+    short_help="Look inside a model: which cells track what in a text.",
+    epilog=examples(
+        "lstmgen inspect held-out.txt --find",
+        "lstmgen inspect -m shakespeare.lstmgen held-out.txt --find",
+        "lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137",
+        "lstmgen inspect -m shakespeare.lstmgen held-out.txt --neuron 1:137 --html cell.html",
+    ),
+)(signature(inspect_command, FLAGS, OPTIONS))

@@ -18,7 +18,9 @@ CLOSED_STREAMS: set[str] = set()
 def write_stdout(text: str) -> None:
     """Write data to stdout; when the reader has gone (`| head`), stop quietly."""
     if "stdout" in CLOSED_STREAMS:
-        raise LstmgenError("standard output is closed, so there is nowhere to write the results; redirect it to a file or a pipe")
+        raise LstmgenError(
+            "standard output is closed, so there is nowhere to write the results; redirect it to a file or a pipe"
+        )
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -114,8 +116,15 @@ class ByteProgress:
             return
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-        self.progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                 TimeRemainingColumn(), console=stderr_console(), transient=True)
+        self.progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
         self.task = self.progress.add_task(description, total=None)
         self.progress.start()
 

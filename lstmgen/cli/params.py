@@ -17,8 +17,14 @@ import typer
 
 from ..options import Option, declared
 
-_TYPES: dict[str, Any] = {"int": Optional[int], "float": Optional[float], "str": Optional[str], "path": Optional[Path],
-                          "strings": Optional[list[str]], "bool": Optional[bool]}
+_TYPES: dict[str, Any] = {
+    "int": Optional[int],
+    "float": Optional[float],
+    "str": Optional[str],
+    "path": Optional[Path],
+    "strings": Optional[list[str]],
+    "bool": Optional[bool],
+}
 
 
 @dataclasses.dataclass
@@ -36,11 +42,19 @@ class Flag:
 
     def parameter(self) -> inspect.Parameter:
         if self.argument:
-            info = typer.Argument(... if self.required else self.default, help=self.help, metavar=self.metavar, show_default=False)
+            info = typer.Argument(
+                ... if self.required else self.default, help=self.help, metavar=self.metavar, show_default=False
+            )
         elif self.type is bool:
             info = typer.Option(self.default, *self.flags, help=self.help, show_default=False)
         else:
-            info = typer.Option(... if self.required else self.default, *self.flags, help=self.help, metavar=self.metavar, show_default=False)
+            info = typer.Option(
+                ... if self.required else self.default,
+                *self.flags,
+                help=self.help,
+                metavar=self.metavar,
+                show_default=False,
+            )
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=self.type)
 
 
@@ -50,7 +64,9 @@ def option_parameter(option: Option) -> inspect.Parameter:
         decls = (f"{option.flag}/{option.negative}",) if option.negative else option.flags
         info = typer.Option(None if option.negative else False, *decls, help=option.help_text(), show_default=False)
     else:
-        info = typer.Option(None, *option.flags, help=option.help_text(), metavar=option.shown_metavar, show_default=False)
+        info = typer.Option(
+            None, *option.flags, help=option.help_text(), metavar=option.shown_metavar, show_default=False
+        )
     annotation = Optional[str] if option.duration else _TYPES[option.kind]
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
@@ -66,7 +82,9 @@ def options_of(cls: type, only: Iterable[str] | None = None, skip: Iterable[str]
 
 def signature(function: Callable[..., Any], *parts: Iterable[Option | Flag]) -> Callable[..., Any]:
     """Give `function(**values)` the parameters of `parts`, in order (arguments first, as Click wants them)."""
-    parameters = [part.parameter() if isinstance(part, Flag) else option_parameter(part) for group in parts for part in group]
+    parameters = [
+        part.parameter() if isinstance(part, Flag) else option_parameter(part) for group in parts for part in group
+    ]
     parameters.sort(key=lambda p: not isinstance(p.default, typer.models.ArgumentInfo))
     function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     function.__annotations__ = {}

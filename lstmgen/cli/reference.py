@@ -29,8 +29,11 @@ def option_table(command_name: str) -> str:
 
 
 def _flags(param: Any) -> str:
-    names = ", ".join([*param.opts, *param.secondary_opts]) if not param.secondary_opts else " / ".join(
-        [", ".join(param.opts), ", ".join(param.secondary_opts)])
+    names = (
+        ", ".join([*param.opts, *param.secondary_opts])
+        if not param.secondary_opts
+        else " / ".join([", ".join(param.opts), ", ".join(param.secondary_opts)])
+    )
     if param.is_flag or param.metavar is None:
         return names
     return f"{names} {param.metavar}"

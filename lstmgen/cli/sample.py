@@ -21,15 +21,41 @@ FLAGS = [
     Flag("model", MODEL_HELP, ("-m", "--model"), metavar="MODEL"),
     Flag("prompt", "Text to continue; - reads it from stdin.", ("--prompt",), metavar="TEXT"),
     Flag("prompt_file", "Read the prompt from this file.", ("--prompt-file",), type=Optional[Path], metavar="FILE"),
-    Flag("interactive", "Read prompts line by line and continue each; :q or Ctrl-D quits, Ctrl-C stops one generation.",
-         ("-i", "--interactive"), type=bool, default=False),
-    Flag("num_samples", "Samples to generate for the prompt (side by side, in batches). (default: 1)", ("-n", "--num-samples"),
-         type=Optional[int], metavar="N"),
-    Flag("separator", "Printed between samples in text format, where the sample before ends its last line (its line break counts as "
-         "the separator's first). (default: a blank line)", ("--separator",), metavar="TEXT"),
-    Flag("output_format", "text, or jsonl: one JSON object per sample with its text, tokens, log-probability and finish reason. "
-         "(default: text)", ("--format",), metavar="text|jsonl"),
-    Flag("echo_prompt", "Print the prompt before its continuation (text format).", ("--echo-prompt/--no-echo-prompt",), type=bool, default=True),
+    Flag(
+        "interactive",
+        "Read prompts line by line and continue each; :q or Ctrl-D quits, Ctrl-C stops one generation.",
+        ("-i", "--interactive"),
+        type=bool,
+        default=False,
+    ),
+    Flag(
+        "num_samples",
+        "Samples to generate for the prompt (side by side, in batches). (default: 1)",
+        ("-n", "--num-samples"),
+        type=Optional[int],
+        metavar="N",
+    ),
+    Flag(
+        "separator",
+        "Printed between samples in text format, where the sample before ends its last line (its line break counts as "
+        "the separator's first). (default: a blank line)",
+        ("--separator",),
+        metavar="TEXT",
+    ),
+    Flag(
+        "output_format",
+        "text, or jsonl: one JSON object per sample with its text, tokens, log-probability and finish reason. "
+        "(default: text)",
+        ("--format",),
+        metavar="text|jsonl",
+    ),
+    Flag(
+        "echo_prompt",
+        "Print the prompt before its continuation (text format).",
+        ("--echo-prompt/--no-echo-prompt",),
+        type=bool,
+        default=True,
+    ),
 ]
 
 
@@ -70,14 +96,18 @@ def _read_prompt_file(path: Path) -> str:
     """A UTF-8 text file, read within bounds (a regular file; never a FIFO or device, which could block forever)."""
     from ..fsutil import describe_content, read_regular_file
 
-    data = read_regular_file(path, PROMPT_FILE_LIMIT, "prompt file", "pass a text file, or pipe the prompt in with --prompt -")
+    data = read_regular_file(
+        path, PROMPT_FILE_LIMIT, "prompt file", "pass a text file, or pipe the prompt in with --prompt -"
+    )
     kind = describe_content(data[:4096])
     if kind in ("binary file", "model bundle", "PNG image"):
         raise LstmgenError(f"prompt file {path} looks like a binary file ({kind}), not text; pass a UTF-8 text file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise LstmgenError(f"prompt file {path} is not valid UTF-8 (byte offset {error.start}); save it as UTF-8") from None
+        raise LstmgenError(
+            f"prompt file {path} is not valid UTF-8 (byte offset {error.start}); save it as UTF-8"
+        ) from None
     if "\x00" in text:
         raise LstmgenError(f"prompt file {path} looks like a binary file (it contains NUL bytes); pass a text file")
     return text
@@ -90,7 +120,9 @@ def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
         return _read_prompt_file(prompt_file)
     if prompt == "-":
         if "stdin" in CLOSED_STREAMS:
-            raise LstmgenError("--prompt - reads the prompt from stdin, but stdin is closed; pipe the prompt in or use --prompt TEXT")
+            raise LstmgenError(
+                "--prompt - reads the prompt from stdin, but stdin is closed; pipe the prompt in or use --prompt TEXT"
+            )
         data = sys.stdin.buffer.read()
         try:
             return data.decode("utf-8")
@@ -99,7 +131,9 @@ def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     try:
         (prompt or "").encode("utf-8")
     except UnicodeEncodeError as error:  # bytes the shell passed that are not UTF-8 arrive as surrogates
-        raise LstmgenError(f"--prompt is not valid UTF-8 (byte offset {len((prompt or '')[: error.start].encode('utf-8', 'surrogateescape'))}); pass UTF-8 text") from None
+        raise LstmgenError(
+            f"--prompt is not valid UTF-8 (byte offset {len((prompt or '')[: error.start].encode('utf-8', 'surrogateescape'))}); pass UTF-8 text"
+        ) from None
     return prompt or ""
 
 
@@ -139,8 +173,14 @@ class _SamplePrinter:
         def close_sample(index: int) -> None:
             item = finished.pop(index)
             if self.jsonl:
-                record = {"index": index, "prompt": prompt, "text": item.text, "tokens_generated": len(item.tokens),
-                          "log_prob": item.log_prob, "finish_reason": item.finish_reason}
+                record = {
+                    "index": index,
+                    "prompt": prompt,
+                    "text": item.text,
+                    "tokens_generated": len(item.tokens),
+                    "log_prob": item.log_prob,
+                    "finish_reason": item.finish_reason,
+                }
                 self._write(json.dumps(record, ensure_ascii=False) + "\n")
             elif not ((prompt if self.echo_prompt else "") + item.text).endswith("\n"):
                 self._write("\n")
@@ -237,9 +277,12 @@ def _interactive(lm: Any, options: Any, printer: _SamplePrinter) -> None:
             print("(stopped)", file=sys.stderr)
 
 
-app.command(short_help="Generate text from a model, streamed to stdout.", epilog=examples(
-    'lstmgen sample --prompt "ROMEO:" --temp 0.8 --max-tokens 300 | head -20',
-    "lstmgen sample -m tang -n 5 --format jsonl --quantize int8",
-    'echo "JULIET:" | lstmgen sample -m my-model.lstmgen --prompt - -n 3 --seed 7',
-    "lstmgen sample --interactive --temp 0.8 --stop $'\\n\\n'",
-))(signature(sample, FLAGS, SAMPLING, INFERENCE))
+app.command(
+    short_help="Generate text from a model, streamed to stdout.",
+    epilog=examples(
+        'lstmgen sample --prompt "ROMEO:" --temp 0.8 --max-tokens 300 | head -20',
+        "lstmgen sample -m tang -n 5 --format jsonl --quantize int8",
+        'echo "JULIET:" | lstmgen sample -m my-model.lstmgen --prompt - -n 3 --seed 7',
+        "lstmgen sample --interactive --temp 0.8 --stop $'\\n\\n'",
+    ),
+)(signature(sample, FLAGS, SAMPLING, INFERENCE))

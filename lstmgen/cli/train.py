@@ -20,8 +20,13 @@ from .params import Flag, examples, given, options_of, signature
 OPTIONS = [*options_of(RunOptions), *(o for cls in TRAINING_SECTIONS.values() for o in options_of(cls))]
 FLAGS = [
     Flag("corpus", "Corpus text files (UTF-8).", type=list[Path], metavar="CORPUS...", argument=True, required=True),
-    Flag("dry_run", "Print the resolved configuration, the parameter count and the measured training speed as JSON, and train nothing.",
-         ("--dry-run",), type=bool, default=False),
+    Flag(
+        "dry_run",
+        "Print the resolved configuration, the parameter count and the measured training speed as JSON, and train nothing.",
+        ("--dry-run",),
+        type=bool,
+        default=False,
+    ),
 ]
 
 
@@ -71,7 +76,9 @@ class _TrainDisplay:
             handler(event)
 
     def _encoding(self, event: dict[str, Any]) -> None:
-        self.encoding = ByteProgress("training the tokenizer and encoding" if event["training_tokenizer"] else "encoding")
+        self.encoding = ByteProgress(
+            "training the tokenizer and encoding" if event["training_tokenizer"] else "encoding"
+        )
 
     def _encoding_progress(self, event: dict[str, Any]) -> None:
         if self.encoding is not None:
@@ -84,13 +91,21 @@ class _TrainDisplay:
     def _start(self, event: dict[str, Any]) -> None:
         action = "resuming" if event["resumed"] else "training"
         model = event["model"]
-        info(f"{action} a {model['num_layers']}×{model['hidden_size']} {str(model.get('cell', 'lstm')).upper()} ({event['parameters']:,} "
-             f"parameters, vocabulary {model['vocab_size']}) on {event['device']}")
+        info(
+            f"{action} a {model['num_layers']}×{model['hidden_size']} {str(model.get('cell', 'lstm')).upper()} ({event['parameters']:,} "
+            f"parameters, vocabulary {model['vocab_size']}) on {event['device']}"
+        )
         if self.interactive:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                                     TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=stderr_console())
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=stderr_console(),
+            )
             self.task = self.progress.add_task("train", total=1.0, status="")
             self.progress.start()
 
@@ -108,7 +123,9 @@ class _TrainDisplay:
         self.val_loss, self.val_bpc = event["val_loss"], event["val_bits_per_char"]
         if not self.progress:
             mark = " (best)" if event["best"] else ""
-            info(f"validation at step {event['step']}: loss {event['val_loss']:.4f} nats/token, {event['val_bits_per_char']:.4f} bits/char{mark}")
+            info(
+                f"validation at step {event['step']}: loss {event['val_loss']:.4f} nats/token, {event['val_bits_per_char']:.4f} bits/char{mark}"
+            )
 
     def _end(self, event: dict[str, Any]) -> None:
         self.close()
@@ -117,9 +134,15 @@ class _TrainDisplay:
         if event.get("stopped_by") == "signal":
             return  # the command prints one line for an interrupted run
         best = event["best_val_loss"]
-        best_text = f"best validation loss {best:.4f} nats/token ({event['best_val_bits_per_char']:.4f} bits/char)" if best is not None else "no validation yet"
-        info(f"done after {_plural(event['steps'], 'step')}, {format_seconds(event['elapsed'])}, "
-             f"{human_count(event['tokens_per_second'])} tok/s; {best_text}; model in {event['output']}")
+        best_text = (
+            f"best validation loss {best:.4f} nats/token ({event['best_val_bits_per_char']:.4f} bits/char)"
+            if best is not None
+            else "no validation yet"
+        )
+        info(
+            f"done after {_plural(event['steps'], 'step')}, {format_seconds(event['elapsed'])}, "
+            f"{human_count(event['tokens_per_second'])} tok/s; {best_text}; model in {event['output']}"
+        )
 
     def close(self) -> None:
         if self.encoding is not None:
@@ -147,17 +170,24 @@ def _plural(count: int, word: str) -> str:
 
 def _interrupted_line(end: dict[str, Any] | None, corpus: list[Path], output: Path) -> str:
     """The one line an interrupted run ends with: where it stopped, what was saved, how to go on (shell-quoted)."""
-    command = " ".join(["lstmgen", "train", *(shlex.quote(str(p)) for p in corpus), "-o", shlex.quote(str(output)), "--resume"])
+    command = " ".join(
+        ["lstmgen", "train", *(shlex.quote(str(p)) for p in corpus), "-o", shlex.quote(str(output)), "--resume"]
+    )
     if end is None:
         return f"interrupted; checkpoint saved; resume with: {command}"
     bpc = end.get("best_val_bits_per_char")
     quality = f"{bpc:.4f} bits/char" if bpc is not None else "no validation yet"
-    return (f"interrupted after {_plural(end['steps'], 'step')} ({format_seconds(end['elapsed'])}); checkpoint saved, "
-            f"best model so far in {output} ({quality}); resume with: {command}")
+    return (
+        f"interrupted after {_plural(end['steps'], 'step')} ({format_seconds(end['elapsed'])}); checkpoint saved, "
+        f"best model so far in {output} ({quality}); resume with: {command}"
+    )
 
 
-app.command(short_help="Train a model on a corpus and write it as one .lstmgen bundle.", epilog=examples(
-    "lstmgen train corpora/tinyshakespeare.txt -o shakespeare.lstmgen --max-time 5m",
-    "lstmgen train corpus.txt --tokenizer corpus.tok --hidden-size 256 --max-steps 2000",
-    "lstmgen train corpus.txt -o corpus.lstmgen --resume",
-))(signature(train, FLAGS, OPTIONS))
+app.command(
+    short_help="Train a model on a corpus and write it as one .lstmgen bundle.",
+    epilog=examples(
+        "lstmgen train corpora/tinyshakespeare.txt -o shakespeare.lstmgen --max-time 5m",
+        "lstmgen train corpus.txt --tokenizer corpus.tok --hidden-size 256 --max-steps 2000",
+        "lstmgen train corpus.txt -o corpus.lstmgen --resume",
+    ),
+)(signature(train, FLAGS, OPTIONS))
