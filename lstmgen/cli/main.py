@@ -32,8 +32,13 @@ def _readable(group: Any) -> Any:
         for param in command.params:
             if param.param_type_name == "argument":
                 param.display_type_rich = lambda ctx: None
-                param._usage_display_name = lambda param=param: param.metavar or param.name.upper()
+                param._usage_display_name = lambda param=param: _usage_name(param)
     return group
+
+
+def _usage_name(param: Any) -> str:
+    name = param.metavar or param.name.upper()
+    return name if param.required else f"[{name}]"
 
 
 #: The command line as a Click group (Typer builds it from the registered commands).

@@ -15,7 +15,7 @@ from .output import human_bytes, info, write_stdout
 from .params import Flag, examples, signature
 
 INFO_FLAGS = [
-    Flag("model", MODEL_HELP, metavar="[MODEL]", argument=True),
+    Flag("model", MODEL_HELP, metavar="MODEL", argument=True),
     Flag(
         "model_option",
         "The model, given as the other commands take it (instead of the argument).",
