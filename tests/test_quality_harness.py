@@ -42,8 +42,23 @@ def wikitext(name: str) -> Path:
 
 def test_split_is_lstmgens_own(quality, small_corpus: Path, tmp_path: Path) -> None:
     """Split.of cuts exactly where `lstmgen tokenize` puts its validation split."""
-    subprocess.run([sys.executable, "-m", "lstmgen", "-q", "tokenize", str(small_corpus), "-o", str(tmp_path / "tok"), "--vocab-size", "400"],
-                   check=True, env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lstmgen",
+            "-q",
+            "tokenize",
+            str(small_corpus),
+            "-o",
+            str(tmp_path / "tok"),
+            "--vocab-size",
+            "400",
+        ],
+        check=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        stdout=subprocess.DEVNULL,
+    )
     meta = json.loads((tmp_path / "tok" / "tokens.json").read_text())
     split = quality.Split.of(small_corpus)
     assert split.train_text + split.val_text == small_corpus.read_text()
@@ -59,12 +74,18 @@ def test_cut_corpora_are_whole_lines(quality, tmp_path: Path) -> None:
     spec = next(s for s in quality.SUITE if s.name == "wikitext-2")
     files = quality.corpus_files(spec, tmp_path / "work", source, 1000)
     train, test = files.train.read_text(), files.test.read_text()
-    assert 900 < len(train) <= 1000 and train.endswith("\n") and (source / "wikitext-2" / "train.txt").read_text().startswith(train)
+    assert (
+        900 < len(train) <= 1000
+        and train.endswith("\n")
+        and (source / "wikitext-2" / "train.txt").read_text().startswith(train)
+    )
     assert 0 < len(test) <= 100 and test.endswith("\n")
     memory = next(s for s in quality.SUITE if s.name == "memory")
     text = quality.corpus_files(memory, tmp_path / "work", source, 5000).train.read_text()
     # About 5,000 characters (a whole number of lines of random length), every line one `K<spaces>:K`.
-    assert 2000 < len(text) < 8000 and len(quality.memory_lines(text)) == text.count("\n") == int(5000 / (quality.compare_cells.mean_gap() + 4))
+    assert 2000 < len(text) < 8000 and len(quality.memory_lines(text)) == text.count("\n") == int(
+        5000 / (quality.compare_cells.mean_gap() + 4)
+    )
 
 
 # -- words and per-word perplexity --------------------------------------------------------------
@@ -152,12 +173,12 @@ class OracleReader:
         self.position = 0
 
     def read(self, ids):
-        assert list(ids) == self.ids[self.position:self.position + len(ids)]
+        assert list(ids) == self.ids[self.position : self.position + len(ids)]
         self.position += len(ids)
 
     def branch(self, continuations):
-        truth = self.ids[self.position:]
-        return np.array([0.0 if list(c) == truth[:len(c)] else -50.0 for c in continuations])
+        truth = self.ids[self.position :]
+        return np.array([0.0 if list(c) == truth[: len(c)] else -50.0 for c in continuations])
 
 
 class UniformReader:
@@ -194,7 +215,7 @@ def test_readers_score_continuations_from_the_state_the_text_left(quality) -> No
         for c in continuations:
             ids = torch.tensor(prefix + c)
             log_probs = torch.log_softmax(logits_of(ids[:-1]).double(), -1)
-            totals.append(float(log_probs[len(prefix) - 1:].gather(1, ids[len(prefix):, None]).sum()))
+            totals.append(float(log_probs[len(prefix) - 1 :].gather(1, ids[len(prefix) :, None]).sum()))
         return totals
 
     lstm = quality.ClassicLSTM(12, 8, 8, 2, 0.0).eval()
@@ -207,7 +228,9 @@ def test_readers_score_continuations_from_the_state_the_text_left(quality) -> No
         gpt = quality.SmallGPT(vocab=12, width=32, layers=2, context=16, dropout=0.0).eval()
         window = quality.WindowReader(gpt)
         window.read(prefix)
-        assert window.branch(continuations) == pytest.approx(from_scratch(lambda ids: gpt(ids.unsqueeze(0))[0]), rel=1e-5)
+        assert window.branch(continuations) == pytest.approx(
+            from_scratch(lambda ids: gpt(ids.unsqueeze(0))[0]), rel=1e-5
+        )
 
 
 def test_gpt_cached_forward_equals_the_full_one(quality) -> None:
@@ -226,8 +249,17 @@ def test_gpt_cached_forward_equals_the_full_one(quality) -> None:
 
 
 def record(corpus: str, contestant: str, budget: float, device: str | None = None, **fields) -> dict:
-    entry = {"corpus": corpus, "contestant": contestant, "budget_min": budget, "machine": "Test CPU, 2 cores", "parameters": 4_793_472,
-             "nats_per_char": 1.5, "bits_per_char": 1.5 / math.log(2), "bits_per_byte": 1.5 / math.log(2), **fields}
+    entry = {
+        "corpus": corpus,
+        "contestant": contestant,
+        "budget_min": budget,
+        "machine": "Test CPU, 2 cores",
+        "parameters": 4_793_472,
+        "nats_per_char": 1.5,
+        "bits_per_char": 1.5 / math.log(2),
+        "bits_per_byte": 1.5 / math.log(2),
+        **fields,
+    }
     if device:
         entry["device"] = device
     return entry
@@ -235,8 +267,15 @@ def record(corpus: str, contestant: str, budget: float, device: str | None = Non
 
 def test_plan_runs_only_missing_cells(quality) -> None:
     suite = quality.SUITE
-    done = {quality.cell_key(r) for r in [record("shakespeare", "lstmgen", 5.0), record("shakespeare", "sgd-lstm", 5.0),
-                                          record("shakespeare", "sgd-lstm", 15.0), record("wikitext-2", "gpt", 10.0, "cuda")]}
+    done = {
+        quality.cell_key(r)
+        for r in [
+            record("shakespeare", "lstmgen", 5.0),
+            record("shakespeare", "sgd-lstm", 5.0),
+            record("shakespeare", "sgd-lstm", 15.0),
+            record("wikitext-2", "gpt", 10.0, "cuda"),
+        ]
+    }
     jobs = quality.plan_jobs(suite, quality.DEFAULT_CONTESTANTS, [5, 15, 30], [10, 30], ["cpu", "cuda"], done)
     labels = {(j.corpus, j.contestant, j.budgets, j.device) for j in jobs}
     assert ("shakespeare", "lstmgen", (5.0,), "cpu") not in labels  # records without "device" are CPU runs
@@ -251,14 +290,27 @@ def test_plan_runs_only_missing_cells(quality) -> None:
     # 6 corpora × (lstmgen 3 + gpt 3 + sgd-lstm 1) + word-lstm 1, less the finished shakespeare lstmgen 5-minute cell.
     assert len(cpu) == 6 * 7 + 1 - 1
     everything = {quality.cell_key(record(j.corpus, j.contestant, b, j.device)) for j in jobs for b in j.budgets} | done
-    assert quality.plan_jobs(suite, quality.DEFAULT_CONTESTANTS, [5, 15, 30], [10, 30], ["cpu", "cuda"], everything) == []
+    assert (
+        quality.plan_jobs(suite, quality.DEFAULT_CONTESTANTS, [5, 15, 30], [10, 30], ["cpu", "cuda"], everything) == []
+    )
 
 
 def test_lstmgen_runs_the_literal_command(quality) -> None:
-    assert quality.lstmgen_command("lstmgen", Path("tinyshakespeare.txt"), 5.0, 1, "file") == \
-        "lstmgen train tinyshakespeare.txt --max-time 5m --threads 1".split()
-    assert quality.lstmgen_command("lstmgen", Path("tang.txt"), 30.0, 1, "blank-line")[-2:] == ["--documents", "blank-line"]
-    assert quality.lstmgen_command("lstmgen-char", Path("c.txt"), 10.0, None, "file") == "lstmgen train c.txt --max-time 10m --model-type char".split()
+    def command(*args) -> str:
+        return " ".join(quality.lstmgen_command(*args))
+
+    assert (
+        command("lstmgen", Path("tinyshakespeare.txt"), 5.0, 1, "file")
+        == "lstmgen train tinyshakespeare.txt --max-time 5m --threads 1"
+    )
+    assert (
+        command("lstmgen", Path("tang.txt"), 30.0, 1, "blank-line")
+        == "lstmgen train tang.txt --max-time 30m --threads 1 --documents blank-line"
+    )
+    assert (
+        command("lstmgen-char", Path("c.txt"), 10.0, None, "file")
+        == "lstmgen train c.txt --max-time 10m --model-type char"
+    )
 
 
 def section(table: str, title: str) -> str:
@@ -267,25 +319,40 @@ def section(table: str, title: str) -> str:
 
 
 def test_report_shows_missing_cells_and_the_machine(quality, tmp_path: Path) -> None:
-    records = [record("shakespeare", "lstmgen", 5.0), record("shakespeare", "lstmgen", 5.0, nats_per_char=1.25, bits_per_char=1.25 / math.log(2)),
-               record("shakespeare", "lstmgen-char", 15.0),
-               record("wikitext-2", "word-lstm", 30.0, word_perplexity=181.234, bits_per_char=1.5),
-               record("memory", "gpt", 15.0, bits_per_char=0.2571, recall_short={"accuracy": 0.93}, recall_long={"accuracy": 0.061}),
-               record("my-corpus", "lstmgen", 5.0)]
+    records = [
+        record("shakespeare", "lstmgen", 5.0),
+        record("shakespeare", "lstmgen", 5.0, nats_per_char=1.25, bits_per_char=1.25 / math.log(2)),
+        record("shakespeare", "lstmgen-char", 15.0),
+        record("wikitext-2", "word-lstm", 30.0, word_perplexity=181.234, bits_per_char=1.5),
+        record(
+            "memory",
+            "gpt",
+            15.0,
+            bits_per_char=0.2571,
+            recall_short={"accuracy": 0.93},
+            recall_long={"accuracy": 0.061},
+        ),
+        record("my-corpus", "lstmgen", 5.0),
+    ]
     path = tmp_path / "quality.jsonl"
     for r in records:
         quality.append_result(path, r)
     doc = tmp_path / "benchmarks.md"
-    doc.write_text(f"# Benchmarks\n\nbefore\n\n{quality.START}\nold table\n{quality.END}\n\nafter\n")
+    start, end = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
+    doc.write_text(f"# Benchmarks\n\nbefore\n\n{start}\nold table\n{end}\n\nafter\n")
     table = quality.report(path, doc, [5, 15, 30], [10, 30])
     text = doc.read_text()
-    assert "old table" not in text and text.startswith("# Benchmarks\n\nbefore\n") and text.endswith(f"{quality.END}\n\nafter\n")
+    assert (
+        "old table" not in text and text.startswith("# Benchmarks\n\nbefore\n") and text.endswith(f"{end}\n\nafter\n")
+    )
     titles = [line.split("**")[1] for line in table.splitlines() if line.startswith("**")]
     assert len(titles) == 7 and titles[-1] == "my-corpus"  # the suite's six, then a corpus that only has records
     shakespeare = section(table, "tiny Shakespeare")
-    assert "| lstmgen defaults | 4.79M | 1.803 (1.250) | not run | not run |" in shakespeare  # the newest record of a cell
+    assert (
+        "| lstmgen defaults | 4.79M | 1.803 (1.250) | not run | not run |" in shakespeare
+    )  # the newest record of a cell
     assert "lstmgen `--model-type char`" in shakespeare  # run by name: shown since it has records
-    assert "Measured on Test CPU, 2 cores" in shakespeare
+    assert "Measured on Test CPU, 2 cores." in shakespeare
     wiki = section(table, "WikiText-2")
     assert "| 181.2 (1.500) |" in wiki and "word-level classic LSTM" in wiki
     assert "GPU column (10, 30 GPU-minutes): not run" in wiki
@@ -296,7 +363,17 @@ def test_report_shows_missing_cells_and_the_machine(quality, tmp_path: Path) -> 
 
 
 def test_report_has_a_gpu_column_once_there_are_gpu_records(quality) -> None:
-    records = [record("wikitext-2", "lstmgen", 10.0, "cuda", word_perplexity=120.0, bits_per_char=1.2, machine="Test CPU, NVIDIA H200")]
+    records = [
+        record(
+            "wikitext-2",
+            "lstmgen",
+            10.0,
+            "cuda",
+            word_perplexity=120.0,
+            bits_per_char=1.2,
+            machine="Test CPU, NVIDIA H200",
+        )
+    ]
     table = quality.render(records, quality.SUITE, [5, 15, 30], [10, 30])
     wiki = section(table, "WikiText-2")
     assert "| 5 CPU-min | 15 CPU-min | 30 CPU-min | 10 GPU-min | 30 GPU-min |" in wiki
@@ -323,3 +400,18 @@ def test_gpt_width_matches_the_parameter_count(quality) -> None:
     model = quality.SmallGPT(1152, width, 4, 256, 0.0)
     assert sum(p.numel() for p in model.parameters()) == quality.gpt_parameters(1152, width, 4, 256)
     assert abs(quality.gpt_parameters(1152, width, 4, 256) - 4_800_000) < 0.1 * 4_800_000
+
+
+def test_a_narrowed_run_keeps_every_column_of_the_tables(quality) -> None:
+    """`--budgets 5` runs only 5-minute cells, but the tables it rewrites keep the suite's columns (a smoke run's: its own)."""
+    from argparse import Namespace
+
+    assert quality.table_budgets(Namespace(max_chars=None, budgets=[5.0], gpu_budgets=[10.0])) == (
+        [5.0, 15.0, 30.0],
+        [10.0, 30.0],
+    )
+    assert quality.table_budgets(Namespace(max_chars=None, budgets=[60.0], gpu_budgets=[10.0])) == (
+        [5.0, 15.0, 30.0, 60.0],
+        [10.0, 30.0],
+    )
+    assert quality.table_budgets(Namespace(max_chars=1000, budgets=[0.05], gpu_budgets=[0.1])) == ([0.05], [0.1])
