@@ -77,8 +77,9 @@ def measure_tokens_per_second(
     """Training tokens/s of this model and batch shape, timed on real training steps of random tokens.
 
     The steps are the trainer's (fused AdamW, gradient clipping, the state carried from window to
-    window); the first ones, slow while kernels are prepared, are not counted. Takes about two
-    seconds whatever the model: steps are counted for `seconds`, at least three of them.
+    window). The slow first steps are not counted, and the speed is that of the median step (a step
+    slowed by another program now and then does not count for the minutes a run lasts). About two
+    seconds whatever the model.
     """
     from .model import LSTMLanguageModel, detach_state
     from .schedule import make_optimizer
@@ -110,8 +111,10 @@ def measure_tokens_per_second(
         step()
         if count >= 1 and time.perf_counter() - started >= PROBE_WARMUP_SECONDS:
             break
-    started, steps = time.perf_counter(), 0
-    while steps < 3 or (time.perf_counter() - started < seconds and steps < 1000):
+    timings: list[float] = []
+    started = time.perf_counter()
+    while len(timings) < 3 or (time.perf_counter() - started < seconds and len(timings) < 1000):
+        began = time.perf_counter()
         step()
-        steps += 1
-    return steps * config.batch_size * config.seq_len / (time.perf_counter() - started)
+        timings.append(time.perf_counter() - began)
+    return config.batch_size * config.seq_len / sorted(timings)[len(timings) // 2]
