@@ -48,6 +48,43 @@ class Kind:
 BUNDLE = Kind("model bundle", (b"PK\x03\x04", b"PK\x05\x06"))
 HTML = Kind("HTML page", (b"<!doctype html", b"<html"))  # compared lower-cased, after a BOM and white space
 PNG = Kind("PNG image", (b"\x89PNG\r\n\x1a\n",))
+#: Protobuf files have no magic number: ONNX and SentencePiece models are recognised by their first fields (below).
+ONNX = Kind("ONNX model", ())
+SENTENCEPIECE = Kind("SentencePiece model", ())
+#: ModelProto field keys that may follow an ONNX file's ir_version (field 1): fields 2 to 8, 14 and 20, length-delimited or varint.
+_ONNX_SECOND_KEYS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2})
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto starts with ir_version (field 1, a small varint) and then another of its fields."""
+    return len(head) >= 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_KEYS
+
+
+def _looks_like_sentencepiece(head: bytes) -> bool:
+    """A SentencePiece ModelProto starts with its first piece (field 1): a message of length L whose first field is
+    the piece text (length n < L), followed by the piece's score or type, or by the next top-level field."""
+
+    def varint(position: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while position < len(head) and shift < 35:
+            byte = head[position]
+            value |= (byte & 0x7F) << shift
+            position += 1
+            if not byte & 0x80:
+                return value, position
+            shift += 7
+        return -1, position
+
+    if len(head) < 4 or head[0] != 0x0A:
+        return False
+    length, position = varint(1)
+    if length < 2 or position >= len(head) or head[position] != 0x0A:
+        return False
+    text_length, position = varint(position + 1)
+    if not 0 <= text_length <= length - 2:
+        return False
+    after = position + text_length
+    return after >= len(head) or head[after] in (0x15, 0x18, 0x0A, 0x12)
 
 
 def describe_content(head: bytes) -> str:
@@ -56,6 +93,10 @@ def describe_content(head: bytes) -> str:
         return BUNDLE.label
     if head.startswith(PNG.prefixes):
         return PNG.label
+    if _looks_like_onnx(head):
+        return ONNX.label
+    if _looks_like_sentencepiece(head):
+        return SENTENCEPIECE.label
     if head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(HTML.prefixes):
         return HTML.label
     try:

@@ -20,7 +20,7 @@ from .output import reopen_closed_streams, silence_stdout
 
 # Each command module registers its commands, in the order `lstmgen --help` lists them.
 # isort: off
-from . import tokenize, train, sample, evaluate, models, inspect  # noqa: E402, F401
+from . import tokenize, train, sample, evaluate, models, inspect, export  # noqa: E402, F401
 # isort: on
 
 __all__ = ["app", "main"]
