@@ -123,7 +123,8 @@ def train(label: str, corpus: Corpus, budget: str, src: Path | None, threads: in
         print(f"{label}/{corpus.name}: trained already", file=sys.stderr)
         return
     directory.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "lstmgen", "train", str(corpus_file(corpus)), "-o", str(bundle), "--max-time", budget,
+    limit = ["--max-steps", budget.removesuffix("steps")] if budget.endswith("steps") else ["--max-time", budget]
+    command = [sys.executable, "-m", "lstmgen", "train", str(corpus_file(corpus)), "-o", str(bundle), *limit,
                "--threads", str(threads), "--seed", "1234", *extra]
     if corpus.documents != "file":
         command += ["--documents", corpus.documents]
@@ -201,6 +202,13 @@ def paragraph_openings(corpus: Corpus) -> set[str]:
     return {char for char, count in firsts.items() if count >= 0.001 * total}
 
 
+def total_steps(metrics: Path) -> int | None:
+    """The last training step the run logged (the bundle's own count is the step it was saved at)."""
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    steps = [r["step"] for r in records if not r.get("final") and isinstance(r.get("step"), int)]
+    return max(steps) if steps else None
+
+
 def score(label: str, corpus: Corpus, threads: int, force: bool) -> dict | None:
     import numpy as np
     import torch
@@ -247,7 +255,8 @@ def score(label: str, corpus: Corpus, threads: int, force: bool) -> dict | None:
         "label": label, "corpus": corpus.name,
         "samples_start_like_paragraphs": starts_like_paragraphs,
         "samples_start_with_speaker": sum(bool(SPEAKER.fullmatch(line)) for line in first_lines) / len(samples) if corpus.name == "shakespeare" else None, "kind": corpus.kind, "heldout": str(heldout.relative_to(ROOT.parent)) if heldout.is_relative_to(ROOT.parent) else heldout.name,
-        "model": lm.meta.get("model"), "steps": training.get("steps"), "tokens_seen": training.get("tokens_seen"),
+        "model": lm.meta.get("model"), "steps": total_steps(directory / "model.lstmgen.run" / "metrics.jsonl"), "best_step": training.get("steps"),
+        "tokens_seen": training.get("tokens_seen"),
         "elapsed_seconds": training.get("elapsed_seconds"),
         "bpc_one_stream": one["bits_per_char"], "nats_per_char_one_stream": one["bits_per_char"] * math.log(2),
         "bpc_64_streams": many["bits_per_char"], "bpc_64_streams_anywhere": anywhere["bits_per_char"],
@@ -318,7 +327,7 @@ def main() -> None:
     parser.add_argument("phase", choices=["train", "score", "report", "all"])
     parser.add_argument("--label", default="after")
     parser.add_argument("--corpora", default=",".join(CORPORA))
-    parser.add_argument("--budget", default="15m")
+    parser.add_argument("--budget", default="15m", help="--max-time of each run (e.g. 15m), or a step count such as 1000steps")
     parser.add_argument("--src", type=Path, default=None, help="train with the lstmgen source tree in this directory")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one per core)")
