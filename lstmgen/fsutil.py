@@ -109,7 +109,7 @@ def describe_content(head: bytes) -> str:
 
 def _a(noun: str) -> str:
     """The noun with its indefinite article ("an HTML page", "a FIFO")."""
-    return f"an {noun}" if noun.startswith(("HTML", "a", "e", "i", "o", "u")) else f"a {noun}"
+    return f"an {noun}" if noun.startswith(("HTML", "ONNX", "a", "e", "i", "o", "u")) else f"a {noun}"
 
 
 def _file_type(mode: int) -> str:
@@ -151,6 +151,17 @@ def declare_input(path: Path | str | None, role: str) -> None:
                 with contextlib.suppress(OSError):
                     member = entry.stat()
                     _INPUTS[(member.st_dev, member.st_ino)] = f"{role} (its {entry.name})"
+
+
+@contextlib.contextmanager
+def inputs_of_this_call() -> Iterator[None]:
+    """Inputs declared inside the block are forgotten after it: a Python program runs many calls in one process."""
+    saved = dict(_INPUTS)
+    try:
+        yield
+    finally:
+        _INPUTS.clear()
+        _INPUTS.update(saved)
 
 
 def _input_role(info: os.stat_result) -> str | None:

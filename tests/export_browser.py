@@ -110,12 +110,32 @@ class Chromium:
     # -- pages -------------------------------------------------------------------------------------
 
     def open(self, url: str, ready: str | None = None) -> None:
-        """Load `url` and wait for its load event (and then for the promise `ready`, when given)."""
+        """Load `url` as a new document (never a jump within the page before) and wait for its load event,
+        then for the promise `ready`, when given."""
+        self.events.clear()
+        self.send("Page.navigate", {"url": "about:blank"}, session=True)
+        self._wait_for_load(None)
         self.events.clear()
         self.send("Page.navigate", {"url": url}, session=True)
+        self._wait_for_load(ready, url)
+
+    def reload(self, ready: str | None = None) -> None:
+        """Reload the page, as the browser's reload button does."""
+        url = self.evaluate("location.href")
+        self.events.clear()
+        self.send("Page.reload", {"ignoreCache": True}, session=True)
+        self._wait_for_load(ready, url)
+
+    def _wait_for_load(self, ready: str | None, url: str | None = None) -> None:
         deadline = time.monotonic() + self.timeout
         while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
             self.events.append(self._read(deadline))
+        if url is not None:  # the document is the one asked for, and it has loaded
+            check = f"location.href === {json.dumps(url)} && document.readyState === 'complete'"
+            while not self.evaluate(check):
+                if time.monotonic() > deadline:
+                    raise BrowserError(f"{url} did not load")
+                time.sleep(0.05)
         if ready is not None:
             self.evaluate(ready)
 

@@ -112,19 +112,26 @@ def export_model(model: Any, output: Any = None, **options: Any) -> dict[str, An
     "float16", "float32" or "int8"). Every check runs before any work; outputs go through lstmgen's
     output guard and are written atomically. Returns a summary: the files written and their sizes.
     """
-    import os
-
-    from ..fsutil import HTML, ONNX, SENTENCEPIECE, check_output, declare_input
-    from ..registry import resolve_model
+    from ..fsutil import inputs_of_this_call
 
     unknown = sorted(set(options) - {"format", "weights"})
     if unknown:
         raise LstmgenError(f"unknown export option {', '.join(unknown)}; the options are format and weights")
     settings = ExportOptions(output=Path(output) if output is not None else None, **options)
     chosen = settings.check()
-    assert settings.output is not None
     if chosen == "onnx":
         require_onnx()
+    with inputs_of_this_call():
+        return _export(model, settings, chosen)
+
+
+def _export(model: Any, settings: ExportOptions, chosen: str) -> dict[str, Any]:
+    import os
+
+    from ..fsutil import HTML, ONNX, SENTENCEPIECE, check_output, declare_input
+    from ..registry import resolve_model
+
+    assert settings.output is not None
     source = resolve_model(str(model) if model is not None else None, os.environ)
     declare_input(source, "the model being exported")
     if chosen == "onnx":

@@ -327,7 +327,7 @@
     }
 
     decode(ids) {
-      return new TextDecoder("utf-8").decode(this.bytes(ids));
+      return new TextDecoder("utf-8", { ignoreBOM: true }).decode(this.bytes(ids));
     }
 
     bytes(ids) {
@@ -570,7 +570,7 @@
       let logits = null;
       for (const id of this.promptIds(prompt)) logits = this.network.step(id, state);
       const uniform = generator(options.seed ?? 0);
-      const decoder = new TextDecoder("utf-8");
+      const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
       for (let n = 0, id = -1; n < options.maxTokens; n++) {
         if (n) logits = this.network.step(id, state);
         id = choose(logits, this.banned, options, uniform);
