@@ -342,6 +342,19 @@ def test_cli_without_onnx_says_how_to_install_it(small_bundles: dict[str, Path],
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_help_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom lstmgen.cli import main\ntry:\n    main(['export', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, 'heavy imports'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Usage: lstmgen export [OPTIONS] [MODEL]" in done.stdout and b"--format onnx|web" in done.stdout
+
+
 def test_export_options_are_declared_once() -> None:
     from lstmgen.options import declared_by_name
 

@@ -8,8 +8,10 @@ sample is the same after a reload, and the page loads nothing from anywhere. Ski
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from lstmgen.export import export_model
 from lstmgen.tokenizer import META, train_tokenizer
 
 from .conftest import SHAKESPEARE, TANG, colour_counts, needs_chromium, read_png
-from .export_browser import Chromium
+from .export_browser import BrowserError, Chromium
 from .test_export import HELD_OUT, PROMPTS, SMALL, needs_builtins, small_bundle
 from .test_tokenizer import HARD_CASES
 
@@ -234,3 +236,63 @@ def test_page_streams_until_end_of_text_and_shows_the_model(browser: Chromium, p
     assert (width, height) == (1000, 760)
     counts = colour_counts(rows)
     assert len(counts) > 30 and max(counts.values()) < 0.95 * sum(counts.values())  # text and controls were drawn
+
+
+# -- poems (the page's share of `lstmgen sample --form/--acrostic`) -----------------------------------------
+
+POEM_LINE = {5: re.compile(r"^[\u3400-\u9fff]{5}，[\u3400-\u9fff]{5}。$"), 7: re.compile(r"^[\u3400-\u9fff]{7}，[\u3400-\u9fff]{7}。$")}
+
+
+def poem_shape(text: str, verses: int, length: int, acrostic: str = "") -> bool:
+    """A title line, then lines of two verses `X，X。`, each verse `length` Han characters, ending with a line break."""
+    lines = text.split("\n")
+    body = lines[1:-1]
+    starts = [verse[0] for line in body for verse in line.rstrip("。").split("，")]
+    return (
+        text.endswith("\n") and lines[-1] == "" and bool(lines[0]) and len(body) * 2 == verses
+        and all(POEM_LINE[length].match(line) for line in body) and "".join(starts).startswith(acrostic)
+    )
+
+
+@needs_builtins
+def test_page_writes_poems_of_a_form(browser: Chromium, pages: dict[str, Path]) -> None:
+    open_page(browser, pages["tang"])
+    assert browser.evaluate("document.getElementById('poem').hidden") is False
+    cases = [("五言绝句", "", 4, 5), ("七言绝句", "春夏", 4, 7), ("五言律诗", "", 8, 5), ("七言律诗", "春夏秋冬", 8, 7)]
+    for seed, (form, acrostic, verses, length) in enumerate(cases):
+        options = json.dumps({"form": form, "acrostic": acrostic, "temperature": 0.9, "seed": seed}, ensure_ascii=False)
+        got = browser.evaluate(f"window.poet.generate('', {options})")
+        assert got["finish"] == "end-of-text" and poem_shape(got["text"], verses, length, acrostic), (form, got["text"])
+    # An acrostic alone sets the number of verses; the first verse sets their length.
+    got = browser.evaluate("window.poet.generate('', {acrostic: '明月', temperature: 0})")
+    assert poem_shape(got["text"], 2, len(got["text"].split("\n")[1].split("，")[0]), "明月")
+    # A prompt is the poem's beginning; one that does not fit is refused, as are acrostics the model cannot write.
+    got = browser.evaluate("window.poet.generate('静夜思\\n床前明月光，', {form: '五言绝句', temperature: 0})")
+    assert poem_shape("静夜思\n床前明月光，" + got["text"], 4, 5)
+    for prompt, options, message in [
+        ("hello", "{form: '五言绝句'}", "does not fit"),
+        ("", "{form: '五言绝句', acrostic: '春夏秋冬天'}", "has 5 characters"),
+        ("", "{acrostic: 'ab'}", "must be Chinese characters"),
+        ("", "{form: '词'}", "unknown form"),
+    ]:
+        with pytest.raises(BrowserError, match=message):
+            browser.evaluate(f"window.poet.generate({json.dumps(prompt)}, {options})")
+    # Not for other models.
+    open_page(browser, pages["shakespeare"])
+    assert browser.evaluate("document.getElementById('poem').hidden") is True
+    with pytest.raises(BrowserError, match="for Chinese models"):
+        browser.evaluate("window.poet.generate('', {form: '五言绝句'})")
+
+
+@needs_builtins
+def test_page_poems_follow_lstmgen_sample_form(browser: Chromium, pages: dict[str, Path], fast_cli) -> None:
+    """Where `lstmgen sample` has --form/--acrostic (issue 17), the page's greedy poem is the same."""
+    from lstmgen.config import SamplingOptions
+
+    if "form" not in {f.name for f in dataclasses.fields(SamplingOptions)}:
+        pytest.skip("lstmgen sample has no --form here")
+    open_page(browser, pages["tang"])
+    for flags, options in [(["--form", "五言绝句"], "{form: '五言绝句', temperature: 0}"), (["--acrostic", "明月"], "{acrostic: '明月', temperature: 0}")]:
+        result = fast_cli("sample", "-m", "tang", "--temp", "0", "--format", "jsonl", *flags)
+        assert result.returncode == 0, result.stderr
+        assert browser.evaluate(f"window.poet.generate('', {options})")["text"] == json.loads(result.stdout)["text"]

@@ -96,6 +96,9 @@ ARGS = [
     Arg("info", _line("info", "model.lstmgen", "--plot", "{}"), "--plot", True, "model.lstmgen", "kept.png"),
     Arg("convert", _line("convert", "{}", "-o", "half.lstmgen"), "MODEL", False, "text.txt", "model.lstmgen"),
     Arg("convert", _line("convert", "model.lstmgen", "-o", "{}"), "-o", True, "model.lstmgen", "model.lstmgen"),
+    Arg("export", _line("export", "{}", "-o", "poet.html"), "MODEL", False, "text.txt", "model.lstmgen"),
+    Arg("export", _line("export", "-m", "{}", "-o", "poet.html"), "-m", False, "text.txt", "model.lstmgen"),
+    Arg("export", _line("export", "model.lstmgen", "--format", "web", "-o", "{}"), "-o", True, "model.lstmgen", "kept.html"),
 ]
 
 

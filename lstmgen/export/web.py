@@ -27,6 +27,20 @@ from .spm import read_piece_table
 
 #: Base64 is written in lines of this many characters (the page strips white space before decoding).
 LINE = 1024
+#: A model writes Chinese (and its page offers poem forms) when this many pieces are single Han characters.
+HAN_PIECES = 1000
+HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3134F))
+
+
+def writes_chinese(pieces: list[str], types: list[int]) -> bool:
+    """Whether the page offers Chinese poem forms: many Han pieces, and the marks a poem needs."""
+    from .spm import NORMAL, USER_DEFINED
+
+    own = {piece for piece, kind in zip(pieces, types) if kind in (NORMAL, USER_DEFINED)}
+    han = sum(len(p) == 1 and any(low <= ord(p) <= high for low, high in HAN_RANGES) for p in own)
+    return han >= HAN_PIECES and {"，", "。", "\n"} <= own
+
+
 #: What each weight encoding stores, and whether the values are the bundle's own when it holds that dtype.
 ENCODINGS = {"float16": "f16", "float32": "f32", "int8": "i8"}
 
@@ -112,6 +126,7 @@ def page_spec(bundle: Any, name: str, about: list[str], encoding: str) -> dict[s
             "documents": documents,
         },
         "weights": {"encoding": encoding},
+        "poems": writes_chinese(table.pieces, table.types),
     }
 
 

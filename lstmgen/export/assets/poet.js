@@ -549,6 +549,119 @@
     return ids[0];
   }
 
+  // -- poems ----------------------------------------------------------------------------------------
+
+  // Chinese poems of a fixed shape, as `lstmgen sample --form/--acrostic` writes them (lstmgen/poetry.py): a
+  // title line, then verses of Han characters, "，" after odd verses and "。" and a line break after even ones
+  // (and after the last). Every token is checked character by character against the shape before it may be
+  // drawn, and end-of-text is allowed exactly when the poem is complete. (lstmgen's --rhyme and --tones, and
+  // its backtracking when the model leaves the shape almost no probability, are not in the page.)
+  const FORMS = { "五言绝句": [4, 5], "七言绝句": [4, 7], "五言律诗": [8, 5], "七言律诗": [8, 7] };
+  const TITLE_MAX = 24;
+  const TITLE = 0, VERSE = 1, BREAK = 2, END = 3;
+  const HAN = [[0x3400, 0x4dbf], [0x4e00, 0x9fff], [0xf900, 0xfaff], [0x20000, 0x3134f]];
+  const isHan = (ch) => {
+    if (Array.from(ch).length !== 1) return false;
+    const point = ch.codePointAt(0);
+    return HAN.some(([low, high]) => point >= low && point <= high);
+  };
+
+  class ChinesePoem {
+    constructor(verses, length, acrostic) {
+      this.verses = verses;
+      this.length = length; // 0: the first verse decides, 5 or 7
+      this.acrostic = Array.from(acrostic);
+    }
+
+    start() {
+      return { phase: TITLE, verse: 0, pos: 0, length: this.length, space: false };
+    }
+
+    mark(verse) {
+      return verse % 2 === 1 || verse === this.verses - 1 ? "。" : "，";
+    }
+
+    // The state after `ch`, or null when `ch` breaks the shape.
+    feed(s, ch) {
+      if (s.phase === TITLE) {
+        if (ch === "\n") return s.pos === 0 || s.space ? null : { ...s, phase: VERSE, pos: 0, space: false };
+        if (ch === " ") return s.pos === 0 || s.space || s.pos + 1 >= TITLE_MAX ? null : { ...s, pos: s.pos + 1, space: true };
+        return isHan(ch) && s.pos < TITLE_MAX ? { ...s, pos: s.pos + 1, space: false } : null;
+      }
+      if (s.phase === BREAK) {
+        if (ch !== "\n") return null;
+        return s.verse === this.verses - 1 ? { ...s, phase: END, pos: 0 } : { ...s, phase: VERSE, verse: s.verse + 1, pos: 0 };
+      }
+      if (s.phase !== VERSE) return null;
+      const atEnd = s.pos === (s.length || 7);
+      const mayEnd = atEnd || (!s.length && s.pos === 5);
+      if (ch === "，" || ch === "。") {
+        if (!mayEnd || ch !== this.mark(s.verse)) return null;
+        const length = s.length || s.pos;
+        return ch === "，" ? { ...s, verse: s.verse + 1, pos: 0, length } : { ...s, phase: BREAK, length };
+      }
+      if (atEnd || !isHan(ch)) return null;
+      if (s.pos === 0 && s.verse < this.acrostic.length && ch !== this.acrostic[s.verse]) return null;
+      return { ...s, pos: s.pos + 1, length: s.length || (s.pos === 5 ? 7 : 0) };
+    }
+
+    feedText(s, text) {
+      for (const ch of text) {
+        s = this.feed(s, ch);
+        if (s === null) return null;
+      }
+      return s;
+    }
+
+    done(s) {
+      return s.phase === END;
+    }
+
+    // The most tokens a poem can still take (a bound for the generation loop).
+    bound() {
+      return TITLE_MAX + 2 + this.verses * ((this.length || 7) + 2) + 2;
+    }
+  }
+
+  // Which tokens may come next in state `s`: masks cached by state (a poem revisits the same few).
+  class PoemMask {
+    constructor(machine, tokenizer, eos) {
+      this.machine = machine;
+      this.eos = eos;
+      this.cache = new Map();
+      this.texts = tokenizer.pieces.map((piece, id) => {
+        const type = tokenizer.types[id];
+        return type === NORMAL || type === USER_DEFINED ? piece.split(META).join(" ") : null; // byte pieces never
+      });
+    }
+
+    allowed(s) {
+      const key = JSON.stringify(s);
+      let mask = this.cache.get(key);
+      if (mask === undefined) {
+        mask = this.texts.map((text) => text !== null && text !== "" && this.machine.feedText(s, text) !== null);
+        mask[this.eos] = this.machine.done(s);
+        this.cache.set(key, mask);
+      }
+      return mask;
+    }
+  }
+
+  function poemMachine(spec, options, tokenizer) {
+    const form = options.form || "";
+    const acrostic = Array.from((options.acrostic || "").replace(/\s+/g, ""));
+    if (!form && !acrostic.length) return null;
+    if (!spec.poems) throw new Error("poem forms are for Chinese models");
+    if (form && !(form in FORMS)) throw new Error(`unknown form ${form}; the forms are ${Object.keys(FORMS).join(", ")}`);
+    const [verses, length] = form ? FORMS[form] : [acrostic.length, 0];
+    if (acrostic.length > verses) throw new Error(`the acrostic has ${acrostic.length} characters but a ${form} has ${verses} verses`);
+    for (const ch of acrostic) {
+      if (!isHan(ch)) throw new Error(`the acrostic must be Chinese characters; ${ch} is not one`);
+      if (!tokenizer.pieceIds.has(ch)) throw new Error(`the acrostic's ${ch} is not in the model's vocabulary`);
+    }
+    return new ChinesePoem(verses, length, acrostic.join(""));
+  }
+
   // -- generation ------------------------------------------------------------------------------
 
   class Poet {
@@ -566,14 +679,24 @@
 
     // Read the prompt once; then yield [token id, text piece] per generated token until a limit or end of text.
     *tokens(prompt, options) {
+      const machine = poemMachine(this.spec, options, this.tokenizer);
+      let shape = machine && machine.feedText(machine.start(), prompt); // the prompt is the poem's beginning
+      if (machine && shape === null) throw new Error("the prompt does not fit the poem's form (a title line, then its verses)");
+      const mask = machine && new PoemMask(machine, this.tokenizer, this.eos);
+      const limit = machine ? Math.max(options.maxTokens, machine.bound()) : options.maxTokens;
       const state = this.network.zeroState();
       let logits = null;
       for (const id of this.promptIds(prompt)) logits = this.network.step(id, state);
       const uniform = generator(options.seed ?? 0);
       const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
-      for (let n = 0, id = -1; n < options.maxTokens; n++) {
+      for (let n = 0, id = -1; n < limit; n++) {
         if (n) logits = this.network.step(id, state);
+        if (mask) {
+          const allowed = mask.allowed(shape);
+          for (let i = 0; i < logits.length; i++) if (!allowed[i]) logits[i] = -Infinity;
+        }
         id = choose(logits, this.banned, options, uniform);
+        if (mask && id !== this.eos) shape = machine.feedText(shape, mask.texts[id]);
         if (id === this.eos) {
           const tail = decoder.decode();
           if (tail) yield [-1, tail];
@@ -637,6 +760,8 @@
       topP: number("top-p", 1),
       maxTokens: number("max-tokens", 300),
       seed: number("seed", NaN),
+      form: $("form").value,
+      acrostic: $("acrostic").value,
     };
     const problems = [];
     if (!(options.temperature >= 0 && options.temperature <= 100)) problems.push("temperature must be from 0 to 100");
@@ -723,9 +848,10 @@
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) generateInPage();
     });
     const params = new URLSearchParams(location.hash.slice(1));
-    for (const [key, id] of [["prompt", "prompt"], ["temp", "temperature"], ["top-k", "top-k"], ["top-p", "top-p"], ["seed", "seed"], ["max-tokens", "max-tokens"]]) {
+    for (const [key, id] of [["prompt", "prompt"], ["temp", "temperature"], ["top-k", "top-k"], ["top-p", "top-p"], ["seed", "seed"], ["max-tokens", "max-tokens"], ["form", "form"], ["acrostic", "acrostic"]]) {
       if (params.has(key)) $(id).value = params.get(key);
     }
+    if (SPEC.poems) $("poem").hidden = $("poem-acrostic").hidden = false;
   }
 
   const ready = (async () => {
@@ -750,7 +876,7 @@
     encode: (text) => poet.tokenizer.encode(text),
     promptIds: (text) => poet.promptIds(text),
     decode: (ids) => poet.tokenizer.decode(ids),
-    generate: (prompt, options) => poet.run(prompt, { temperature: 1, topK: 0, topP: 1, maxTokens: 200, seed: 0, ...options }),
+    generate: (prompt, options) => poet.run(prompt, { temperature: 1, topK: 0, topP: 1, maxTokens: 200, seed: 0, form: "", acrostic: "", ...options }),
     greedy: (prompt, maxTokens) => poet.run(prompt, { temperature: 0, topK: 0, topP: 1, maxTokens, seed: 0 }),
     logits: (ids) => poet.logits(ids),
     benchmark: (tokens, options) => poet.benchmark(tokens, { temperature: 1, topK: 0, topP: 1, ...options }),
