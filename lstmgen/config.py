@@ -30,6 +30,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ERRORS = ("strict", "replace")
 INFERENCE_DEVICES = ("cpu", "cuda", "mps", "auto")
 QUANTIZE = ("none", "int8")
+#: Poem forms for `--form` (lstmgen.poetry): the names and their pinyin aliases.
+POEM_FORMS = ("五言绝句", "七言绝句", "五言律诗", "七言律诗", "wujue", "qijue", "wulv", "qilv")
 
 T = TypeVar("T")
 
@@ -315,12 +317,66 @@ class SamplingOptions:
         help="Random seed; the same seed gives the same text.",
         default_text="a new one each time",
     )
+    # Poems (lstmgen.poetry): constraints applied while sampling, so that every sample has the shape asked for.
+    form: str | None = option(
+        None,
+        choices=POEM_FORMS,
+        metavar="FORM",
+        rule="one of 五言绝句 (wujue), 七言绝句 (qijue), 五言律诗 (wulv), 七言律诗 (qilv)",
+        help="Chinese models: every sample is a poem of this form (its verses, verse length and punctuation): "
+        "五言绝句 or wujue, 七言绝句 or qijue, 五言律诗 or wulv, 七言律诗 or qilv.",
+    )
+    acrostic: str | None = option(
+        None,
+        metavar="TEXT",
+        help="Verse i begins with character i of TEXT (Chinese; it sets the number of verses when no --form is "
+        "given); for English models line i begins with the i-th word of TEXT, or its i-th letter when TEXT is one word.",
+    )
+    rhyme: bool = option(
+        False,
+        help="Rhyme: a Chinese poem's even verses end on distinct characters of one 中华新韵 rhyme group (needs "
+        "--form or --acrostic); English lines rhyme in couplets (AABB...). Needs pip install 'lstmgen[poetry]'.",
+    )
+    rhyme_scheme: str | None = option(
+        None,
+        metavar="SCHEME",
+        rule="capital letters, one per line, some repeated (AABB, ABAB, ABBA)",
+        help="English models: one letter per line, lines of one letter end on distinct words that rhyme by the CMU "
+        "pronouncing dictionary, e.g. ABAB; it sets the number of lines.",
+    )
+    tones: bool = option(
+        False,
+        help="Chinese models with --form: the verses follow one of the form's standard level/oblique (平仄) patterns "
+        "(Mandarin tones by pypinyin).",
+    )
+
+    def poem(self) -> bool:
+        """Some poem constraint is asked for."""
+        return bool(self.form or self.acrostic or self.rhyme or self.rhyme_scheme or self.tones)
 
     def validate(self) -> None:
         stop = declared_by_name(SamplingOptions)["stop"]
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise LstmgenError(f"{stop.ref} needs a non-empty string" + " (or a list of them)")
         validate(self)
+        if self.poem():
+            self._validate_poem()
+
+    def _validate_poem(self) -> None:
+        """What a poem request needs whatever the model (the model's part: lstmgen.poetry.build_constraint)."""
+        names = declared_by_name(SamplingOptions)
+        asked = f"{names['form'].ref}, {names['acrostic'].ref} or {names['rhyme'].ref}"
+        if self.tones and not self.form:
+            raise LstmgenError(f"{names['tones'].ref} needs {names['form'].ref}: level/oblique patterns belong to a form")
+        if self.stop:
+            raise LstmgenError(f"{names['stop'].ref} could cut a poem short; drop it when using {asked}")
+        if self.max_chars is not None:
+            raise LstmgenError(f"{names['max_chars'].ref} could cut a poem short; drop it when using {asked}")
+        if self.acrostic is not None and not self.acrostic.strip():
+            raise LstmgenError(f"{names['acrostic'].ref} needs some text")
+        scheme = self.rhyme_scheme
+        if scheme is not None and (re.fullmatch(r"[A-Z]{2,}", scheme) is None or len(set(scheme)) == len(scheme)):
+            raise LstmgenError(f"{names['rhyme_scheme'].ref} must be {names['rhyme_scheme'].rule}, not {scheme!r}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ sequence byte for byte.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -23,9 +24,11 @@ import torch.nn.functional as F
 
 from .cells import Step, make_step
 from .config import SamplingOptions
+from .constraints import Cursor, PromptMismatch, TokenConstraint
 from .data import start_ids
 from .errors import LstmgenError, option_mark
 from .model import START_ID, LSTMLanguageModel
+from .options import ref
 from .quantization import Int8LSTMLanguageModel, check_quantize
 from .tokenizer import Tokenizer
 
@@ -50,6 +53,13 @@ MAX_SAMPLES = 1 << 16
 SAMPLES_PER_BATCH = 256
 #: `num_samples` of LanguageModel.sample_many, `-n/--num-samples` of `lstmgen sample`.
 NUM_SAMPLES_REF = option_mark("num_samples", "--num-samples")
+#: Constrained sampling (poems) backtracks a sample to the start of its current verse or line when the tokens
+#: a constraint allows hold less than this share of the model's probability (the constraint would force an
+#: unlikely token), at most BACKTRACK_BUDGET times per sample; greedy sampling never backtracks.
+BACKTRACK_BELOW = 0.02
+BACKTRACK_BUDGET = 8
+#: Poem constraints kept built per sampler (building one reads the whole vocabulary).
+_CONSTRAINTS_KEPT = 8
 
 
 def check_num_samples(num_samples: object) -> int:
@@ -243,6 +253,14 @@ class _RecentTokens:
     def select(self, rows: torch.Tensor) -> None:
         self.ring = self.ring[rows]
 
+    def reset_row(self, row: int, history: Sequence[int]) -> None:
+        """Make row `row` hold the last tokens of `history`, oldest in the slot the next push replaces."""
+        recent = list(history)[-self.window :]
+        values = torch.full((self.window,), self.vocab_size, dtype=torch.long)
+        for offset, token in enumerate(recent):
+            values[(self.position + self.window - len(recent) + offset) % self.window] = token
+        self.ring[row] = values.to(self.ring.device)
+
 
 def _candidates(scaled: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The logits left after top-k, top-p and min-p (dropped ones at -inf) and their token ids.
@@ -309,12 +327,57 @@ def _select_rows(state: Any, rows: torch.Tensor) -> Any:
     return _map_state(state, lambda s: s.index_select(1, rows))
 
 
+def _copy_rows(state: Any, rows: torch.Tensor, values: Any) -> Any:
+    """The state with rows `rows` replaced by `values` (a state of len(rows) rows)."""
+    if isinstance(state, torch.Tensor):
+        return state.index_copy(1, rows, values)
+    return tuple(_copy_rows(part, rows, value) for part, value in zip(state, values))
+
+
 def _cat_states(states: Sequence[Any]) -> Any:
     """Stack the states of several batches into one (batch is dimension 1 of every tensor)."""
     first = states[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(list(states), dim=1)
     return tuple(_cat_states(parts) for parts in zip(*states))
+
+
+# -- constrained rows ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Mark:
+    """A sample at the start of a unit (verse, line): where backtracking returns to."""
+
+    length: int  # tokens written, the last of which ended the unit
+    cursor: Cursor
+    state: Any  # the recurrent state before that last token was read
+
+
+@dataclass
+class _Row:
+    """One constrained sample: tokens, the constraint's cursor, and the text not yet final."""
+
+    cursor: Cursor
+    tracker: _TextTracker
+    backtracks: int
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    log_probs: list[float] = dataclasses.field(default_factory=list)
+    flushed: int = 0  # tokens whose text has been given out
+    mark: _Mark | None = None
+
+    def flush(self, token_bytes: Callable[[int], bytes], final: bool = False) -> str:
+        """The text of the tokens since the last flush (final: and whatever the decoder holds)."""
+        data = b"".join(token_bytes(token) for token in self.tokens[self.flushed :])
+        self.flushed = len(self.tokens)
+        return self.tracker.feed(data, final=final)
+
+    def rewind(self) -> None:
+        """Back to the mark: its tokens, log-probabilities and cursor (the caller restores the recurrent state)."""
+        assert self.mark is not None
+        del self.tokens[self.mark.length :]
+        del self.log_probs[self.mark.length :]
+        self.cursor = self.mark.cursor
 
 
 # -- the sampler ---------------------------------------------------------------------------------------
@@ -341,6 +404,38 @@ class Sampler:
         self.stepper = FastStepper(model, quantize=self.quantize)
         banned = [i for i in tokenizer.special_ids if i != tokenizer.eos_id]
         self.banned = torch.tensor(banned, dtype=torch.long, device=self.device)
+        self._constraints: dict[tuple[Any, ...], TokenConstraint | None] = {}
+
+    def constraint(self, options: SamplingOptions) -> TokenConstraint | None:
+        """The poem constraint the options ask for (lstmgen.poetry), None when none; built once per request.
+
+        Every request the model cannot meet raises LstmgenError here, before any generation."""
+        if not options.poem():
+            return None
+        key = (options.form, options.acrostic, options.rhyme, options.rhyme_scheme, options.tones, options.max_tokens)
+        if key not in self._constraints:
+            from .poetry import build_constraint
+
+            if len(self._constraints) >= _CONSTRAINTS_KEPT:
+                self._constraints.pop(next(iter(self._constraints)))
+            self._constraints[key] = build_constraint(options, self.tokenizer)
+        return self._constraints[key]
+
+    def _cursor(self, constraint: TokenConstraint, prompt: str, max_tokens: int) -> Cursor:
+        """Where a prompt leaves the poem; a prompt that breaks it, or too small a token budget, is refused."""
+        try:
+            cursor = constraint.start(prompt)
+        except PromptMismatch as error:
+            raise LstmgenError(
+                f"the prompt does not fit the poem asked for: its {error} breaks it; give a title (and verses that "
+                "fit), or no prompt"
+            ) from None
+        need = constraint.remaining(cursor)
+        if need > max_tokens:
+            raise LstmgenError(
+                f"{ref(SamplingOptions, 'max_tokens')} {max_tokens} is too few for this poem: it needs at least {need}"
+            )
+        return cursor
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """What the model reads before generating: the start id, [EOS,] then the prompt's tokens."""
@@ -394,7 +489,9 @@ class Sampler:
         """
         options.validate()
         check_num_samples(num_samples)
-        return self._stream([prompt], options, num_samples, first_index)
+        constraint = self.constraint(options)
+        cursors = [self._cursor(constraint, prompt, options.max_tokens)] if constraint is not None else None
+        return self._stream([prompt], options, num_samples, first_index, constraint, cursors)
 
     def stream_batch(
         self, prompts: Sequence[str], options: SamplingOptions, first_index: int = 0
@@ -404,11 +501,23 @@ class Sampler:
         options.validate()
         if isinstance(prompts, str) or not len(prompts):
             raise LstmgenError("give a non-empty list of prompts")
-        return self._stream(list(prompts), options, 1, first_index)
+        constraint = self.constraint(options)
+        cursors = (
+            [self._cursor(constraint, prompt, options.max_tokens) for prompt in prompts]
+            if constraint is not None
+            else None
+        )
+        return self._stream(list(prompts), options, 1, first_index, constraint, cursors)
 
     @torch.inference_mode()
     def _stream(
-        self, prompts: list[str], options: SamplingOptions, copies: int, first_index: int
+        self,
+        prompts: list[str],
+        options: SamplingOptions,
+        copies: int,
+        first_index: int,
+        constraint: TokenConstraint | None = None,
+        cursors: list[Cursor] | None = None,
     ) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
         """Samples in batches of at most SAMPLES_PER_BATCH rows, in order: memory does not grow with their number."""
         shared = self.read_prompt(prompts[0]) if len(prompts) == 1 else None
@@ -425,7 +534,13 @@ class Sampler:
                 logits = torch.cat([r[0] for r in reads])
                 state = _cat_states([r[1] for r in reads])
                 histories = [r[2] for r in reads]
-            yield from self._generate(logits, state, histories, options, first_index + begin)
+            if constraint is None or cursors is None:
+                yield from self._generate(logits, state, histories, options, first_index + begin)
+            else:
+                rows = cursors * count if shared is not None else cursors[begin : begin + count]
+                yield from self._generate_constrained(
+                    logits, state, histories, options, first_index + begin, constraint, rows
+                )
 
     def _generate(
         self, logits: torch.Tensor, state: Any, histories: list[list[int]], options: SamplingOptions, first_index: int
@@ -491,6 +606,120 @@ class Sampler:
                 yield index + first_index, tail
             tracker.finish = tracker.finish or FINISH_LENGTH
             yield index + first_index, self._sample(tracker, generated[index], log_probs[index])
+
+    def _generate_constrained(
+        self,
+        logits: torch.Tensor,
+        state: Any,
+        histories: list[list[int]],
+        options: SamplingOptions,
+        first_index: int,
+        constraint: TokenConstraint,
+        cursors: list[Cursor],
+    ) -> Iterator[tuple[int, str] | tuple[int, Sample]]:
+        """Like _generate, with every row's next token masked by the constraint (lstmgen.constraints).
+
+        The mask comes first and the controls (penalty, temperature, top-k/p, min-p) work on what it allows,
+        so they never remove every allowed token. A row whose allowed tokens hold less than BACKTRACK_BELOW of
+        the model's probability goes back to the start of its current unit (verse, line): its saved recurrent
+        state reads the unit's last token again and the unit is drawn anew with the row's next random numbers
+        (so a row's text still depends only on its own seed and index). Text is streamed unit by unit, once
+        it can no longer be taken back."""
+        count = logits.shape[0]
+        eos = self.tokenizer.eos_id
+        token_bytes = self.tokenizer.token_bytes
+        uniforms = _Uniforms(options.seed, first_index, count) if options.temperature > 0 else None
+        penalty = options.repetition_penalty
+        recent = (
+            _RecentTokens(histories, options.repetition_window, logits.shape[1], logits.device)
+            if penalty != 1.0
+            else None
+        )
+        rows = [_Row(cursor, _TextTracker((), None), BACKTRACK_BUDGET if uniforms is not None else 0) for cursor in cursors]
+        active = list(range(count))  # the sample index of each row still in the batch
+        choice: torch.Tensor | None = None
+        log_floor = math.log(BACKTRACK_BELOW)
+        while True:
+            if choice is not None:
+                if recent is not None:
+                    recent.push(choice)
+                logits, state = self.stepper.step(choice, state)
+                logits = logits.float()
+            logits.index_fill_(1, self.banned, -math.inf)
+            masks = torch.stack(
+                [constraint.mask(rows[i].cursor, options.max_tokens - len(rows[i].tokens)) for i in active]
+            ).to(logits.device)
+            blocked = ~masks
+            log_probs = torch.log_softmax(logits, dim=1)
+            allowed_mass = torch.logsumexp(log_probs.masked_fill(blocked, -math.inf), dim=1).tolist()
+            scores = recent.penalize(logits, penalty) if recent is not None else logits
+            choice = _choose(scores.masked_fill(blocked, -math.inf), options, uniforms)
+            chosen_log_probs = log_probs.gather(1, choice.unsqueeze(1)).squeeze(1).tolist()
+            tokens = choice.tolist()
+            finished, marked, rewound = [], [], []
+            for row, index in enumerate(active):
+                sample = rows[index]
+                mark = sample.mark
+                if (
+                    allowed_mass[row] < log_floor
+                    and sample.backtracks > 0
+                    and mark is not None
+                    and len(sample.tokens) > mark.length
+                ):
+                    sample.backtracks -= 1
+                    sample.rewind()
+                    rewound.append(row)
+                    continue
+                token = tokens[row]
+                sample.log_probs.append(chosen_log_probs[row])
+                if token == eos:
+                    sample.tracker.finish = FINISH_END
+                    piece = sample.flush(token_bytes, final=True)
+                else:
+                    sample.tokens.append(token)
+                    sample.cursor = constraint.advance(sample.cursor, token)
+                    piece = ""
+                    if len(sample.tokens) >= options.max_tokens:  # the budget keeps room for EOS: a safeguard
+                        piece = sample.flush(token_bytes, final=True)
+                        sample.tracker.finish = FINISH_LENGTH
+                    elif constraint.boundary(sample.cursor):
+                        piece = sample.flush(token_bytes)
+                        marked.append(row)
+                if piece:
+                    yield index + first_index, piece
+                if sample.tracker.finish is not None:
+                    finished.append(row)
+                    yield index + first_index, self._sample(sample.tracker, sample.tokens, sum(sample.log_probs))
+            if marked:
+                saved = _select_rows(state, torch.tensor(marked, dtype=torch.long, device=choice.device))
+                for position, row in enumerate(marked):
+                    sample = rows[active[row]]
+                    sample.mark = _Mark(
+                        len(sample.tokens), sample.cursor, _map_state(saved, lambda s, p=position: s[:, p : p + 1])
+                    )
+            if rewound:
+                where = torch.tensor(rewound, dtype=torch.long, device=choice.device)
+                marks = [rows[active[row]].mark for row in rewound]
+                state = _copy_rows(state, where, _cat_states([m.state for m in marks if m is not None]))
+                choice = choice.index_copy(
+                    0, where, torch.tensor([rows[active[row]].tokens[-1] for row in rewound], device=choice.device)
+                )
+                if recent is not None:
+                    for row in rewound:
+                        sample = rows[active[row]]
+                        recent.reset_row(row, [*histories[active[row]], *sample.tokens[:-1]])
+            if finished:
+                keep = [row for row in range(len(active)) if row not in finished]
+                active = [active[row] for row in keep]
+                if not active:
+                    return
+                kept = torch.tensor(keep, dtype=torch.long, device=choice.device)
+                choice = choice[kept]
+                state = _select_rows(state, kept)
+                if recent is not None:
+                    recent.select(kept)
+                if uniforms is not None:
+                    uniforms.select(keep)
 
     def _sample(self, tracker: _TextTracker, tokens: list[int], log_prob: float) -> Sample:
         return Sample(
