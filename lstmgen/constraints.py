@@ -66,20 +66,21 @@ class CharMachine:
         raise NotImplementedError
 
     def remaining(self, state: Any) -> int:
-        """The fewest tokens that can finish the text from here, end-of-text included (each character needs one)."""
+        """Tokens that surely suffice to finish the text from here, end-of-text included: a count that some
+        completion achieves (so a budget of that many tokens never leaves the sampler stuck)."""
         raise NotImplementedError
 
     def key(self, state: Any) -> Hashable:
-        """States with equal keys accept the same characters (masks are cached by it)."""
+        """States with equal keys accept the same characters and have the same `remaining` (masks are cached by it)."""
         return state
 
     def boundary(self, state: Any) -> bool:
         """A unit (verse, line) has just ended: the text up to here is final."""
         return False
 
-    def bind(self, chars: Sequence[str], longest: int = 1) -> None:
+    def bind(self, chars: Sequence[str], longest: int = 1, any_char: bool = False) -> None:
         """Called once with the characters of the single-character pieces (in the order `char_mask` answers
-        for) and the most characters one piece writes."""
+        for), the most characters one piece writes, and whether byte pieces can spell any character."""
 
     def char_mask(self, state: Any) -> np.ndarray | None:
         """Optional: `feed(state, c) is not None` for every bound character at once, or None (then feed is used)."""
@@ -168,7 +169,9 @@ class TokenConstraint:
         self.continuations = [(t, b) for t, b in enumerate(self.token_byte) if b is not None and 0x80 <= b <= 0xBF]
         #: Characters written by a piece of their own (one token each).
         self.own_chars = frozenset(s for s in own_pieces if len(s) == 1)
-        machine.bind(self.single_chars, max((len(text) for _, text in self.multi), default=1))
+        lead_bytes = {b for _, b in self.leads}
+        any_char = {b for _, b in self.continuations} == set(range(0x80, 0xC0)) and lead_bytes >= set(range(0xC2, 0xF5))
+        machine.bind(self.single_chars, max((len(text) for _, text in self.multi), default=1), any_char)
         self._cache: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
 
     # -- states ------------------------------------------------------------------------------------------
@@ -183,8 +186,9 @@ class TokenConstraint:
         return Cursor(state)
 
     def remaining(self, cursor: Cursor) -> int:
-        """The fewest tokens that can finish the text (end-of-text included)."""
-        return self.machine.remaining(cursor.state) + (1 if cursor.pending else 0)
+        """Tokens that surely finish the text (end-of-text included): the machine's count, plus the bytes of a
+        character in progress (counted again: an over-estimate that only matters to the cache)."""
+        return self.machine.remaining(cursor.state) + (4 - len(cursor.pending) if cursor.pending else 0)
 
     def advance(self, cursor: Cursor, token: int) -> Cursor:
         """The cursor after `token` (which its mask allowed)."""

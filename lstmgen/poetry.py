@@ -112,7 +112,7 @@ def reading(char: str) -> tuple[int, int]:
     The first reading is pypinyin's most common one for the character alone (no phrase context)."""
     if len(char) != 1 or not is_han(char):
         return 0, -1
-    pypinyin, tone_convert = _pypinyin("--rhyme/--tones")
+    pypinyin, tone_convert = _pypinyin(f"{RHYME_REF} and {TONES_REF}")
     syllable = pypinyin.lazy_pinyin(char, style=pypinyin.Style.TONE3, neutral_tone_with_five=True)[0]
     if not syllable or not syllable[-1].isdigit():
         return 0, -1
@@ -251,11 +251,12 @@ class ChinesePoem(CharMachine):
                         spot = self.wants.setdefault((v, i), {LEVEL: 0, OBLIQUE: 0})
                         spot[LEVEL if want == "p" else OBLIQUE] |= 1 << bit
         self.max_growth = 1 if length else 2 * verses + 2
+        self.cost = 1
         self.rhyme_count = verses // 2
         self.group_ok = np.zeros(len(RHYME_GROUPS), dtype=bool)
 
     # binding: per single-character piece, the arrays char_mask works on
-    def bind(self, chars: Sequence[str], longest: int = 1) -> None:
+    def bind(self, chars: Sequence[str], longest: int = 1, any_char: bool = False) -> None:
         self.chars = list(chars)
         self.index = {c: i for i, c in enumerate(self.chars)}
         self.han = np.array([is_han(c) for c in self.chars], dtype=bool)
@@ -270,6 +271,18 @@ class ChinesePoem(CharMachine):
         usable = self.han & (group >= 0) & ((tone == LEVEL) if self.patterns else True)
         counts = np.bincount(group[usable].astype(np.int64), minlength=len(RHYME_GROUPS))
         self.group_ok = counts >= self.rhyme_count
+        # Tokens per character in `remaining`: 1 when the vocabulary writes what a poem needs in pieces of their
+        # own; else characters are spelled in byte pieces (at most 4 each).
+        own = self.han.sum() >= 100 and all(c in self.index for c in (COMMA, STOP, NEWLINE, *self.acrostic))
+        if self.patterns:
+            own = own and all(np.any(self.han & (tone == t)) for t in (LEVEL, OBLIQUE))
+        if self.rhyme:
+            own = own and bool(self.group_ok.any())
+        if not own and any_char:
+            self.cost = 4
+            self.max_growth *= 4
+            # Every group of the 中华新韵 has hundreds of characters (of either tone), all spelled in bytes.
+            self.group_ok[:] = True
 
     def start(self, prompt: str) -> VerseState:
         return VerseState(_TITLE, length=self.length, patterns=(1 << len(self.patterns)) - 1)
@@ -278,6 +291,10 @@ class ChinesePoem(CharMachine):
         return sum(1 for v in range(verse, self.verses) if v % 2 == 1 or v == self.verses - 1)
 
     def remaining(self, s: VerseState) -> int:
+        return self.cost * self._characters_left(s) - (self.cost - 1)  # end-of-text is one token
+
+    def _characters_left(self, s: VerseState) -> int:
+        """Characters still to write, end-of-text included."""
         length = s.length or 5
         if s.phase == _TITLE:
             body = self.verses * (length + 1) + self._newlines_from(0)
@@ -511,14 +528,6 @@ def _word_char(char: str) -> bool:
     return char.isalpha() or char == "'"
 
 
-#: What an English line may hold: ASCII, Latin letters with their accents, dashes, quotes and ellipses.
-LATIN_RANGES = ((0x20, 0x7E), (0xA0, 0x24F), (0x2010, 0x2027))
-
-
-def _latin(char: str) -> bool:
-    point = ord(char)
-    return any(low <= point <= high for low, high in LATIN_RANGES)
-
 
 def _strip_punctuation(chunk: str) -> str:
     start, end = 0, len(chunk)
@@ -597,6 +606,7 @@ class EnglishLines(CharMachine):
         self.line_max = line_max
         self.rhymes = rhymes
         self.longest = 1
+        self.own: frozenset[str] = frozenset()
         # An anchor (the first end word of a letter) needs a class that can still rhyme for every later line
         # of that letter, whatever other end words have been used.
         self.max_growth = line_max + 2
@@ -617,8 +627,10 @@ class EnglishLines(CharMachine):
     def boundary(self, s: LineState) -> bool:
         return s.line >= 0 and s.text == ""
 
-    def bind(self, chars: Sequence[str], longest: int = 1) -> None:
+    def bind(self, chars: Sequence[str], longest: int = 1, any_char: bool = False) -> None:
         self.longest = longest
+        # Beyond ASCII only characters with a piece of their own: every character then costs at most one token.
+        self.own = frozenset(c for c in chars if ord(c) > 0x7E)
 
     def key(self, s: LineState) -> Any:
         """Far from the line's end only the line, its length, the rhymes so far and whether it may end now matter."""
@@ -654,7 +666,7 @@ class EnglishLines(CharMachine):
             return s._replace(text=s.text + char) if char.isprintable() and len(s.text) < self.line_max else None
         if char == NEWLINE:
             return self._end_line(s)
-        if not char.isprintable() or len(s.text) >= self.line_max or not _latin(char):
+        if not char.isprintable() or len(s.text) >= self.line_max or not (char < "\x7f" or char in self.own):
             return None
         text = s.text + char
         unit = self.units[s.line] if s.line < len(self.units) else ""
@@ -704,7 +716,7 @@ class EnglishLines(CharMachine):
         return words.completes(fragment.lower(), room, s.used)
 
     def char_ranges(self, s: LineState) -> Sequence[tuple[int, int]] | None:
-        return LATIN_RANGES
+        return ((0x20, 0x7E),)  # never spelled in bytes beyond ASCII
 
     def _end_line(self, s: LineState) -> LineState | None:
         text = s.text
@@ -777,6 +789,8 @@ def _chinese(options: SamplingOptions, tokenizer: Tokenizer) -> TokenConstraint:
         raise LstmgenError(f"{RHYME_REF} needs {FORM_REF} or {ACROSTIC_REF} to say how many verses the poem has")
     if options.rhyme and verses < 4:
         raise LstmgenError(f"{RHYME_REF} needs at least four verses (two even ones to rhyme), not {verses}")
+    if options.rhyme or options.tones:
+        _pypinyin(TONES_REF if options.tones else RHYME_REF)
     machine = ChinesePoem(verses, length, acrostic, options.rhyme, options.tones)
     constraint = TokenConstraint(machine, tokenizer)
     for char in acrostic:
@@ -788,7 +802,6 @@ def _chinese(options: SamplingOptions, tokenizer: Tokenizer) -> TokenConstraint:
         if mark not in constraint.own_chars:
             raise LstmgenError(f"this model's vocabulary has no piece for {mark!r}, which a Chinese poem needs")
     if options.rhyme or options.tones:
-        _pypinyin(TONES_REF if options.tones else RHYME_REF)
         if options.tones:
             for tone in (LEVEL, OBLIQUE):
                 if not np.any(machine.han & (machine.tone == tone)):

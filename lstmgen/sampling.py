@@ -650,11 +650,13 @@ class Sampler:
                 [constraint.mask(rows[i].cursor, options.max_tokens - len(rows[i].tokens)) for i in active]
             ).to(logits.device)
             blocked = ~masks
-            log_probs = torch.log_softmax(logits, dim=1)
-            allowed_mass = torch.logsumexp(log_probs.masked_fill(blocked, -math.inf), dim=1).tolist()
-            scores = recent.penalize(logits, penalty) if recent is not None else logits
-            choice = _choose(scores.masked_fill(blocked, -math.inf), options, uniforms)
-            chosen_log_probs = log_probs.gather(1, choice.unsqueeze(1)).squeeze(1).tolist()
+            allowed = logits.masked_fill(blocked, -math.inf)
+            log_total = torch.logsumexp(logits, dim=1)
+            # log of the share of the model's probability on allowed tokens
+            allowed_mass = (torch.logsumexp(allowed, dim=1) - log_total).tolist()
+            scores = recent.penalize(logits, penalty).masked_fill_(blocked, -math.inf) if recent is not None else allowed
+            choice = _choose(scores, options, uniforms)
+            chosen_log_probs = (logits.gather(1, choice.unsqueeze(1)).squeeze(1) - log_total).tolist()
             tokens = choice.tolist()
             finished, marked, rewound = [], [], []
             for row, index in enumerate(active):
