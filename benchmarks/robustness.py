@@ -290,8 +290,18 @@ def append_result(record: dict) -> None:
 START, END = "<!-- robustness:start -->", "<!-- robustness:end -->"
 
 
-def report(labels: list[str]) -> str:
-    """The markdown table of docs/benchmarks.md: every corpus × label, latest record of each."""
+TUNING_START, TUNING_END = "<!-- robustness-tuning:start -->", "<!-- robustness-tuning:end -->"
+#: The values of --reset-every compared at equal steps (the label of each run is steps-rVALUE).
+TUNING_VALUES = (0, 512, 2048, 8192)
+
+
+def tuning_command() -> str:
+    return ("for r in 0 512 2048 8192; do printf '[train]\\nreset_every = %s\\n' $r > r$r.toml; python benchmarks/robustness.py all "
+            "--label steps-r$r --corpora shakespeare,wikitext --budget 1000steps --extra \"--config r$r.toml\"; done")
+
+
+def report(labels: list[str], command: str | None = None) -> str:
+    """A markdown table of docs/benchmarks.md: every corpus × label, latest record of each."""
     latest = {(r["label"], r["corpus"]): r for r in read_results()}
     rows = [
         "| corpus | run | steps | 1 stream | 64 streams | 64 vs 1 | 64 cut anywhere | cold 256 | warm 256 | cold vs warm "
@@ -313,7 +323,7 @@ def report(labels: list[str]) -> str:
                 f"| {_percent(r['bpc_64_streams'] / one - 1)} | {r['bpc_64_streams_anywhere']:.4f} | {r['bpc_cold_256']:.4f} "
                 f"| {r['bpc_warm_256']:.4f} | {_percent(r['bpc_cold_256'] / r['bpc_warm_256'] - 1)} | {agreement} | {boundary} |"
             )
-    command = "python benchmarks/robustness.py all --label after && python benchmarks/robustness.py report"
+    command = command or "python benchmarks/robustness.py all --label after && python benchmarks/robustness.py report"
     return (f"`{command}` (bits per character; lower is better; one thread per run, two runs side by side).\n\n"
             + "\n".join(rows) + "\n")
 
@@ -348,7 +358,9 @@ def main() -> None:
         from docsection import replace_section
 
         replace_section(DOC, START, END, report(args.labels.split(",")))
-        print(f"wrote the table in {DOC}", file=sys.stderr)
+        tuning = [f"steps-r{value}" for value in TUNING_VALUES]
+        replace_section(DOC, TUNING_START, TUNING_END, report(tuning, tuning_command()))
+        print(f"wrote the tables in {DOC}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -367,7 +367,9 @@ class SamplingOptions:
         names = declared_by_name(SamplingOptions)
         asked = f"{names['form'].ref}, {names['acrostic'].ref} or {names['rhyme'].ref}"
         if self.tones and not self.form:
-            raise LstmgenError(f"{names['tones'].ref} needs {names['form'].ref}: level/oblique patterns belong to a form")
+            raise LstmgenError(
+                f"{names['tones'].ref} needs {names['form'].ref}: level/oblique patterns belong to a form"
+            )
         if self.stop:
             raise LstmgenError(f"{names['stop'].ref} could cut a poem short; drop it when using {asked}")
         if self.max_chars is not None:

@@ -23,6 +23,7 @@ benchmarks/poems.py apply to samples and to the corpus alike.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import re
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from .tokenizer import Tokenizer
 #: Form name -> (verses, characters per verse). ASCII aliases are the names' pinyin.
 FORMS: dict[str, tuple[int, int]] = {"五言绝句": (4, 5), "七言绝句": (4, 7), "五言律诗": (8, 5), "七言律诗": (8, 7)}
 FORM_ALIASES = {"wujue": "五言绝句", "qijue": "七言绝句", "wulv": "五言律诗", "qilv": "七言律诗"}
-assert POEM_FORMS == (*FORMS, *FORM_ALIASES)
+assert (*FORMS, *FORM_ALIASES) == POEM_FORMS
 
 #: The longest title a Chinese poem may have (99 % of the corpus's titles have at most 24 characters).
 TITLE_MAX = 24
@@ -105,7 +106,7 @@ def _pypinyin(ref: str) -> Any:
     return pypinyin, tone_convert
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reading(char: str) -> tuple[int, int]:
     """(tone class, rhyme group index) of a Han character by its first pypinyin reading; (0, -1) when unknown.
 
@@ -181,7 +182,9 @@ def check_chinese(poem: str, form: str | None = None, acrostic: str = "") -> boo
     if not verses or len({len(v) for v in verses}) != 1 or len(verses[0]) not in (5, 7):
         return False
     lines = poem.strip("\n").split("\n")[1:]
-    if any(line.count(COMMA) != (1 if i < len(lines) - 1 or len(verses) % 2 == 0 else 0) for i, line in enumerate(lines)):
+    if any(
+        line.count(COMMA) != (1 if i < len(lines) - 1 or len(verses) % 2 == 0 else 0) for i, line in enumerate(lines)
+    ):
         return False
     if form is not None:
         _, count, length = form_shape(form)
@@ -328,7 +331,9 @@ class ChinesePoem(CharMachine):
             if char == NEWLINE:
                 return None if s.pos == 0 or s.space else s._replace(phase=_VERSE_PHASE, pos=0, space=False)
             if char == " ":
-                return None if s.pos == 0 or s.space or s.pos + 1 >= TITLE_MAX else s._replace(pos=s.pos + 1, space=True)
+                return (
+                    None if s.pos == 0 or s.space or s.pos + 1 >= TITLE_MAX else s._replace(pos=s.pos + 1, space=True)
+                )
             if is_han(char) and s.pos < TITLE_MAX:
                 return s._replace(pos=s.pos + 1, space=False)
             return None
@@ -452,7 +457,10 @@ def cmu_parts() -> dict[str, str]:
 #: on the dictionary's rarities (`esty`, `k`).
 END_WORDS = 300
 #: The two-letter words that may end a line (the CMU dictionary also lists syllables and names: `de`, `ne`).
-SHORT_WORDS = frozenset("am an as at be by do go he if in is it me my no of oh on or so to up us we ye".split())
+SHORT_WORDS = frozenset(
+    ["am", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no", "of", "oh", "on"]
+    + ["or", "so", "to", "up", "us", "we", "ye"]
+)
 
 
 class _Rhymes:
@@ -526,7 +534,6 @@ def end_words(tokenizer: Tokenizer) -> _Rhymes:
 
 def _word_char(char: str) -> bool:
     return char.isalpha() or char == "'"
-
 
 
 def _strip_punctuation(chunk: str) -> str:
@@ -672,7 +679,11 @@ class EnglishLines(CharMachine):
         unit = self.units[s.line] if s.line < len(self.units) else ""
         position = len(text) - 1
         if unit:
-            if position < len(unit) and char != unit[position] and (len(unit) == 1 or char.lower() != unit[position].lower()):
+            if (
+                position < len(unit)
+                and char != unit[position]
+                and (len(unit) == 1 or char.lower() != unit[position].lower())
+            ):
                 return None
             if len(unit) > 1 and position == len(unit) and _word_char(char):
                 return None
@@ -757,10 +768,8 @@ def is_chinese(tokenizer: Tokenizer) -> bool:
     for token in range(tokenizer.vocab_size):
         data = tokenizer.token_bytes(token)
         if len(data) == 3:
-            try:
+            with contextlib.suppress(UnicodeDecodeError):
                 count += is_han(data.decode("utf-8"))
-            except UnicodeDecodeError:
-                pass
     return count >= HAN_PIECES
 
 
@@ -805,15 +814,21 @@ def _chinese(options: SamplingOptions, tokenizer: Tokenizer) -> TokenConstraint:
         if options.tones:
             for tone in (LEVEL, OBLIQUE):
                 if not np.any(machine.han & (machine.tone == tone)):
-                    raise LstmgenError(f"{TONES_REF}: the model's vocabulary has no {'level' if tone == LEVEL else 'oblique'} character")
+                    raise LstmgenError(
+                        f"{TONES_REF}: the model's vocabulary has no {'level' if tone == LEVEL else 'oblique'} character"
+                    )
         if options.rhyme and not machine.group_ok.any():
-            raise LstmgenError(f"{RHYME_REF}: no rhyme group has {machine.rhyme_count} characters in this model's vocabulary")
+            raise LstmgenError(
+                f"{RHYME_REF}: no rhyme group has {machine.rhyme_count} characters in this model's vocabulary"
+            )
     return constraint
 
 
 def _english(options: SamplingOptions, tokenizer: Tokenizer) -> TokenConstraint:
     if options.form:
-        raise LstmgenError(f"{FORM_REF} names Chinese forms, and this model writes an alphabetic script; use {ACROSTIC_REF} or {SCHEME_REF}")
+        raise LstmgenError(
+            f"{FORM_REF} names Chinese forms, and this model writes an alphabetic script; use {ACROSTIC_REF} or {SCHEME_REF}"
+        )
     if options.tones:
         raise LstmgenError(f"{TONES_REF} is for Chinese models (level and oblique tones)")
     units = acrostic_units(options.acrostic or "")
@@ -843,5 +858,7 @@ def _english(options: SamplingOptions, tokenizer: Tokenizer) -> TokenConstraint:
         needs = sorted((scheme.count(letter) for letter in set(scheme) if scheme.count(letter) > 1), reverse=True)
         sizes = sorted((len(words) for words in rhymes.classes.values()), reverse=True)
         if len(sizes) < len(needs) or any(size < need for size, need in zip(sizes, needs)):
-            raise LstmgenError(f"{SCHEME_REF} {scheme}: this model knows too few rhyming words for it; try a shorter scheme")
+            raise LstmgenError(
+                f"{SCHEME_REF} {scheme}: this model knows too few rhyming words for it; try a shorter scheme"
+            )
     return TokenConstraint(EnglishLines(count, units, scheme, line_max, rhymes), tokenizer)

@@ -635,7 +635,9 @@ class Sampler:
             if penalty != 1.0
             else None
         )
-        rows = [_Row(cursor, _TextTracker((), None), BACKTRACK_BUDGET if uniforms is not None else 0) for cursor in cursors]
+        rows = [
+            _Row(cursor, _TextTracker((), None), BACKTRACK_BUDGET if uniforms is not None else 0) for cursor in cursors
+        ]
         active = list(range(count))  # the sample index of each row still in the batch
         choice: torch.Tensor | None = None
         log_floor = math.log(BACKTRACK_BELOW)
@@ -654,7 +656,9 @@ class Sampler:
             log_total = torch.logsumexp(logits, dim=1)
             # log of the share of the model's probability on allowed tokens
             allowed_mass = (torch.logsumexp(allowed, dim=1) - log_total).tolist()
-            scores = recent.penalize(logits, penalty).masked_fill_(blocked, -math.inf) if recent is not None else allowed
+            scores = (
+                recent.penalize(logits, penalty).masked_fill_(blocked, -math.inf) if recent is not None else allowed
+            )
             choice = _choose(scores, options, uniforms)
             chosen_log_probs = (logits.gather(1, choice.unsqueeze(1)).squeeze(1) - log_total).tolist()
             tokens = choice.tolist()
@@ -693,12 +697,10 @@ class Sampler:
                     finished.append(row)
                     yield index + first_index, self._sample(sample.tracker, sample.tokens, sum(sample.log_probs))
             if marked:
-                saved = _select_rows(state, torch.tensor(marked, dtype=torch.long, device=choice.device))
-                for position, row in enumerate(marked):
+                for row in marked:
                     sample = rows[active[row]]
-                    sample.mark = _Mark(
-                        len(sample.tokens), sample.cursor, _map_state(saved, lambda s, p=position: s[:, p : p + 1])
-                    )
+                    saved = _select_rows(state, torch.tensor([row], dtype=torch.long, device=choice.device))
+                    sample.mark = _Mark(len(sample.tokens), sample.cursor, saved)
             if rewound:
                 where = torch.tensor(rewound, dtype=torch.long, device=choice.device)
                 marks = [rows[active[row]].mark for row in rewound]

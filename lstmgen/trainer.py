@@ -44,12 +44,15 @@ Event = dict[str, Any]
 #: figure on the progress line is never older than that. It reads a fixed sample of the held-out
 #: split, sized from the measured training speed to cost about VALIDATION_COST of the training time
 #: between two validations (evaluation reads about EVAL_SPEEDUP times as many tokens per second as
-#: training: forward only, no optimizer). The last validation reads the whole split (up to
-#: --val-max-tokens) with the best weights; its figure is the one the bundle records.
+#: training: forward only, no optimizer). In very short runs, where even MIN_VALIDATION_TOKENS cost
+#: more than that, validations come less often instead. The last validation reads the held-out split
+#: (up to --val-max-tokens, and up to what FINAL_VALIDATION_COST of the run's time reads) with the
+#: best weights; its figure is the one the bundle records.
 VALIDATION_SHARE = 0.03
 VALIDATION_COST = 0.03
 EVAL_SPEEDUP = 3.0
-MIN_VALIDATION_TOKENS = 4096
+MIN_VALIDATION_TOKENS = 1024
+FINAL_VALIDATION_COST = 0.05
 #: Validation reads its text as this many streams at most, each from a fresh state at a paragraph start.
 VALIDATION_STREAMS = 32
 
@@ -122,6 +125,8 @@ class Trainer:
                 "each process trains its own share of the streams"
             )
         self._stop_requested: str | None = None
+        #: held-out tokens per second read by the last validation; sizes the final one
+        self._eval_speed: float | None = None
         if model_config.vocab_size != self.tokenizer.vocab_size:
             if resume:
                 raise LstmgenError(
@@ -311,11 +316,10 @@ class Trainer:
                 p.loss_sum, p.loss_count = 0.0, 0
             stopped_by = self._stop_reason(p.elapsed)
             if self._validation_due() or stopped_by in ("max_time", "max_steps", "epochs"):
+                before = p.elapsed
                 self._validate()
                 p.elapsed = self.group.broadcast_float(time.monotonic() - started)
-                p.next_validation = (
-                    math.floor(self._progress_fraction(p.elapsed) / VALIDATION_SHARE) + 1
-                ) * VALIDATION_SHARE
+                p.next_validation = self._next_validation(p.elapsed - before)
             if self.group.any(guard.signal_number is not None):
                 stopped_by = "signal"
             elif self.group.any(self._stop_requested is not None):
@@ -375,6 +379,16 @@ class Trainer:
                 f"training diverged at step {self.progress.step + 1} (loss {value}); lower {ref(TrainConfig, 'learning_rate')} (now {self.config.learning_rate:g}) and start again"
             )
         return value
+
+    def _next_validation(self, cost: float) -> float:
+        """The progress fraction of the next validation: VALIDATION_SHARE of the budget later, or
+        later still when the last one (taking `cost` seconds) would otherwise cost more than VALIDATION_COST."""
+        fraction = self._progress_fraction(self.progress.elapsed)
+        if fraction <= 0.0:
+            return VALIDATION_SHARE
+        total_seconds = self.progress.elapsed / fraction  # the budget's length in seconds, as it goes
+        on_schedule = (math.floor(fraction / VALIDATION_SHARE) + 1) * VALIDATION_SHARE
+        return max(on_schedule, fraction + cost / VALIDATION_COST / total_seconds)
 
     def _validation_due(self) -> bool:
         """Every --val-every steps; unset, each time another VALIDATION_SHARE of the budget has passed."""
@@ -458,6 +472,7 @@ class Trainer:
             "elapsed": p.elapsed,
             "seconds": round(time.monotonic() - began, 3),
         }
+        self._eval_speed = count / max(record["seconds"], 1e-6)
         self._log_metrics(record)
         self.curve.append({"step": p.step, "train_loss": p.last_train_loss, "val_loss": summary["nll"]})
         self.on_event({"event": "val", **record})
@@ -466,23 +481,36 @@ class Trainer:
         self.group.barrier()
 
     def _final_validation(self) -> dict[str, Any] | None:
-        """The best weights read over the whole held-out split (up to --val-max-tokens), as `lstmgen eval` would.
+        """The best weights read over the held-out split (up to --val-max-tokens), as `lstmgen eval` would.
 
-        The bundle records this figure. The model keeps the best weights afterwards (the
-        checkpoint, already written, holds the last ones for --resume).
+        In a short run the split is cut to what FINAL_VALIDATION_COST of the run's time reads (at
+        the speed the periodic validations measured). The bundle records this figure. The model
+        keeps the best weights afterwards (the checkpoint, already written, holds the last ones
+        for --resume).
         """
         if not self.group.is_main:
             self.group.barrier()
             return None
         if self._best_weights is not None:
             self.model.load_state_dict({name: value.to(self.device) for name, value in self._best_weights.items()})
-        streams = min(VALIDATION_STREAMS, max(1, (len(self.val_tokens) - 1) // 1024))
+        tokens, num_bytes, num_chars = self.val_tokens, self.val_bytes, self.val_chars
+        speed = self._eval_speed
+        if speed is not None:
+            affordable = max(
+                self.progress.val_sample_tokens, int(FINAL_VALIDATION_COST * self.progress.elapsed * speed)
+            )
+            if affordable < len(tokens) - 1:
+                tokens = tokens[: affordable + 1]
+                num_bytes, num_chars = bounds_size(self.tokenizer, tokens, [(0, len(tokens) - 1)], self.documents)
+        streams = min(VALIDATION_STREAMS, max(1, (len(tokens) - 1) // 1024))
         began = time.monotonic()
         nll, count = total_nll(
-            self.model, self.val_tokens, num_streams=streams, device=self.device, fresh_starts=self.fresh_starts
+            self.model, tokens, num_streams=streams, device=self.device, fresh_starts=self.fresh_starts
         )
-        summary = summarize(nll, count, self.val_bytes, self.val_chars)
+        summary = summarize(nll, count, num_bytes, num_chars)
         summary["streams"] = streams
+        whole = len(tokens) == len(self.val_tokens)
+        summary["scope"] = "held-out split" if whole else f"first {count:,} tokens of the held-out split"
         record = {
             "type": "val",
             "step": self.progress.best_val_step or self.progress.step,
@@ -519,7 +547,7 @@ class Trainer:
                 "loss": final["nll"],
                 "bits_per_char": final["bits_per_char"],
                 "tokens": final["tokens"],
-                "scope": "held-out split",
+                "scope": final["scope"],
                 "streams": final["streams"],
             }
         else:

@@ -171,6 +171,32 @@ def test_validation_runs_every_few_percent_of_a_time_budget(corpus, tmp_path: Pa
     assert [r.get("final") for r in records if r["type"] == "val"][-1] is True  # then the whole held-out split
 
 
+def test_costly_validations_come_less_often(corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a validation costs more than 3 % of the training between two (a short run), they space out."""
+    from lstmgen import trainer as trainer_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: clock["now"])
+    original_step, original_validate = Trainer._train_step, Trainer._validate
+
+    def timed_step(self, *args):  # every step "takes" 1 s of a 200 s budget
+        clock["now"] += 1.0
+        return original_step(self, *args)
+
+    def slow_validate(self) -> None:  # every validation "takes" 2 s: 3 % of 67 s of training
+        clock["now"] += 2.0
+        original_validate(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", timed_step)
+    monkeypatch.setattr(Trainer, "_validate", slow_validate)
+    _train(corpus, tmp_path / "m.lstmgen", max_steps=None, max_time=200.0, val_every=None, log_every=50, seq_len=8)
+    records = [json.loads(x) for x in (run_directory(tmp_path / "m.lstmgen") / "metrics.jsonl").read_text().splitlines()]
+    periodic = [r["step"] for r in records if r["type"] == "val" and not r.get("final")]
+    assert periodic[0] == 6
+    assert all(b - a >= 60 for a, b in zip(periodic[:-1], periodic[1:-1]))  # at least 2 s / 3 % = 67 s apart
+    assert 2 * len(periodic) <= 0.05 * 200 + 2  # validating took about 3 % of the time (plus the last one)
+
+
 def test_final_validation_reads_the_held_out_split_with_the_best_weights(corpus, tmp_path: Path) -> None:
     from lstmgen.evaluation import encode_text_stream, evaluate_tokens
 

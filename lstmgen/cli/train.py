@@ -121,11 +121,14 @@ class _TrainDisplay:
 
     def _val(self, event: dict[str, Any]) -> None:
         self.val_loss, self.val_bpc = event["val_loss"], event["val_bits_per_char"]
-        if not self.progress:
+        figures = f"loss {event['val_loss']:.4f} nats/token, {event['val_bits_per_char']:.4f} bits/char"
+        if event.get("final"):
+            self.close()  # the final validation comes after the bar has finished
+            tokens = f"{event['val_tokens']:,} held-out tokens"
+            info(f"final validation of the best weights (step {event['step']}) on {tokens}: {figures}")
+        elif not self.progress:
             mark = " (best)" if event["best"] else ""
-            info(
-                f"validation at step {event['step']}: loss {event['val_loss']:.4f} nats/token, {event['val_bits_per_char']:.4f} bits/char{mark}"
-            )
+            info(f"validation at step {event['step']} ({event['val_tokens']:,}-token sample): {figures}{mark}")
 
     def _end(self, event: dict[str, Any]) -> None:
         self.close()
