@@ -15,8 +15,11 @@ poem of the corpus (lstmgen.poetry):
 
 Bits per character are the model's own surprisal of each sample (the unconstrained model: the
 log-probabilities the sampler reports are taken before any mask), end-of-text included. Speed is
-generated tokens per second of wall time, each condition's calls timed in this run, and its ratio to
-the free samples'. The table goes into docs/benchmarks.md between the `poems` markers.
+generated tokens (end-of-text included) per second of the process's CPU time, one torch thread by
+default (`--threads`), each condition's calls timed in this run, and its ratio to the free samples':
+CPU time rather than wall time, so that other jobs on a shared machine do not move the figures (on an
+idle machine with one thread the two agree). The table goes into docs/benchmarks.md between the
+`poems` markers.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def rates(poems: list[str], forms: list[str | None]) -> dict[str, float]:
 
 
 def sample_condition(model, asked: dict, form: str, count: int, temperature: float, seed: int) -> tuple[list, float]:
-    """`count` samples of one condition in one call (the form's when the condition has --form), and its wall time."""
+    """`count` samples of one condition in one call (the form's when the condition has --form), and its CPU time."""
     options: dict = {"temperature": temperature, "seed": seed, "max_tokens": 300}
     if asked.get("form"):
         options["form"] = form
@@ -77,9 +80,9 @@ def sample_condition(model, asked: dict, form: str, count: int, temperature: flo
             options[flag] = True
     if asked.get("acrostic"):
         options["acrostic"] = ACROSTIC[form]
-    started = time.perf_counter()
+    started = time.process_time()
     samples = model.sample_many("", count, **options)
-    return samples, time.perf_counter() - started
+    return samples, time.process_time() - started
 
 
 def summary(name: str, asked: dict, drawn: list[tuple[str, list, float]]) -> dict:
@@ -105,14 +108,44 @@ def summary(name: str, asked: dict, drawn: list[tuple[str, list, float]]) -> dic
     }
 
 
-def table(rows: list[dict], corpus: dict, args: argparse.Namespace) -> str:
+def one_at_a_time(model, count: int, temperature: float, seed: int) -> dict[str, float]:
+    """Tokens per CPU second drawing one sample per call (as `lstmgen sample` without -n does), free and with
+    every constraint, `count` samples each in every form, the two taking turns."""
+    name, asked = CONDITIONS[-1]
+    tokens = {"free": 0, name: 0}
+    seconds = {"free": 0.0, name: 0.0}
+    for number, form in enumerate(FORMS):
+        for index in range(count):
+            for label, condition in (("free", {}), (name, asked)):
+                samples, elapsed = sample_condition(model, condition, form, 1, temperature, seed + 100 * number + index)
+                tokens[label] += sum(len(s.tokens) + (s.finish_reason == "end-of-text") for s in samples)
+                seconds[label] += elapsed
+    return {label: tokens[label] / seconds[label] for label in tokens}
+
+
+def build_times(model) -> tuple[float, float]:
+    """CPU seconds to build a constraint (--form --rhyme --tones): the first in a process (importing pypinyin and
+    reading every character of the vocabulary) and a later one (readings cached)."""
+    from lstmgen.config import SamplingOptions
+
+    times = []
+    for form in ("wujue", "qilv"):
+        started = time.process_time()
+        model._sampler.constraint(SamplingOptions(form=form, rhyme=True, tones=True))
+        times.append(time.process_time() - started)
+    return times[0], times[1]
+
+
+def table(
+    rows: list[dict], corpus: dict, args: argparse.Namespace, single: dict[str, float], builds: tuple[float, float]
+) -> str:
     free = rows[0]["tokens_per_second"]
     lines = [
         f"`python benchmarks/poems.py -m {args.model} -n {args.n} --temp {args.temp} --seed {args.seed}` "
         f"({datetime.date.today().isoformat()}, {platform.machine()} CPU, {os.cpu_count()} cores, torch threads "
-        f"{args.threads_used}, measured in one run):",
+        f"{args.threads}, measured in one run; tokens per second of CPU time):",
         "",
-        "| samples | n | ended | well formed | exact form | rhyme | tones (平仄) | bits/char | tokens/s | speed vs free |",
+        "| samples | n | ended | well formed | exact form | rhyme | tones (平仄) | bits/char | tokens per CPU second | speed vs free |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -125,6 +158,15 @@ def table(rows: list[dict], corpus: dict, args: argparse.Namespace) -> str:
         f"| the corpus ({corpus['samples']:,} poems) | {corpus['samples']:,} | — | {corpus['well_formed']:.1%} | "
         f"{corpus['exact_form']:.1%} | {corpus['rhyme']:.1%} | {corpus['tones']:.1%} | — | — | — |"
     )
+    name = CONDITIONS[-1][0]
+    lines += [
+        "",
+        f"One sample per call ({args.single} in each form, as `lstmgen sample` without `-n` draws): free "
+        f"{single['free']:.0f} tokens per CPU second, `{name}` {single[name]:.0f} "
+        f"({single[name] / single['free']:.2f} of free). Building the constraint (`--form --rhyme --tones`) took "
+        f"{builds[0]:.2f} CPU seconds the first time in the process (importing pypinyin, reading the vocabulary's "
+        f"characters) and {builds[1]:.2f} s for another form; masks are then cached per kind of state.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +177,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200, help="samples per condition (a multiple of 4)")
     parser.add_argument("--temp", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--single", type=int, default=10, help="samples per form drawn one per call (speed)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args()
@@ -144,12 +188,13 @@ def main() -> None:
     import lstmgen
     from lstmgen.registry import resolve_model
 
-    args.threads_used = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     model = lstmgen.load(resolve_model(args.model, os.environ))
+    builds = build_times(model)  # first: before the corpus's checks read any character
     poems = tang_form.corpus_poems(args.corpus)
     corpus = {"samples": len(poems), **rates(poems, [None] * len(poems))}
     print(json.dumps({"condition": "corpus", **corpus}, ensure_ascii=False), file=sys.stderr)
-    model.sample_many("", 4, form="wujue", rhyme=True, tones=True, seed=0)  # warm-up: readings, masks
+    model.sample_many("", 4, form="wujue", rhyme=True, tones=True, seed=0)  # warm-up: masks
     # Conditions take turns form by form, so that a change in the machine's load touches them alike.
     drawn: dict[str, list] = {name: [] for name, _ in CONDITIONS}
     for number, form in enumerate(FORMS):
@@ -159,7 +204,9 @@ def main() -> None:
     rows = [summary(name, asked, drawn[name]) for name, asked in CONDITIONS]
     for row in rows:
         print(json.dumps(row, ensure_ascii=False), file=sys.stderr)
-    text = table(rows, corpus, args)
+    single = one_at_a_time(model, args.single, args.temp, args.seed)
+    print(json.dumps({"one_at_a_time": single, "build_seconds": builds}, ensure_ascii=False), file=sys.stderr)
+    text = table(rows, corpus, args, single, builds)
     print(text)
     if not args.no_write:
         write_section(args.doc, "poems", text)

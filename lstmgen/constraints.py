@@ -71,7 +71,8 @@ class CharMachine:
         raise NotImplementedError
 
     def key(self, state: Any) -> Hashable:
-        """States with equal keys accept the same characters and have the same `remaining` (masks are cached by it)."""
+        """States with equal keys accept the same characters, also within a token budget, given the same slack
+        (tokens left beyond `remaining`): masks are cached by the key and the slack."""
         return state
 
     def boundary(self, state: Any) -> bool:

@@ -614,9 +614,8 @@ class EnglishLines(CharMachine):
         self.rhymes = rhymes
         self.longest = 1
         self.own: frozenset[str] = frozenset()
-        # An anchor (the first end word of a letter) needs a class that can still rhyme for every later line
-        # of that letter, whatever other end words have been used.
-        self.max_growth = line_max + 2
+        # `remaining` never grows: every character shortens the line's room (or ends the line) by one, so the
+        # default max_growth holds, and a mask depends on the token budget only when it is nearly spent.
 
     def start(self, prompt: str) -> LineState:
         """Line 0 at once after an empty prompt or one that ends its line; else the prompt's line is finished first."""
@@ -640,7 +639,9 @@ class EnglishLines(CharMachine):
         self.own = frozenset(c for c in chars if ord(c) > 0x7E)
 
     def key(self, s: LineState) -> Any:
-        """Far from the line's end only the line, its length, the rhymes so far and whether it may end now matter."""
+        """Far from the line's end (room for any piece and then a space and the shortest end word still
+        allowed) only the line, the rhymes so far and whether it may end now matter: every piece `feed` takes
+        there is accepted whatever the line holds, but a line break, which ends the line on its last word."""
         if s.line < 0 or s.line >= self.count:
             return s
         room = self.line_max - len(s.text)
@@ -649,7 +650,7 @@ class EnglishLines(CharMachine):
         unit = self.units[s.line] if s.line < len(self.units) else ""
         if shortest is None or room < shortest + 1 + self.longest + len(unit) or len(s.text) <= len(unit):
             return s
-        return (s.line, len(s.text), s.anchors, s.used, self._end_line(s) is not None)
+        return ("far", s.line, s.anchors, s.used, self._end_line(s) is not None)
 
     def _candidates(self, s: LineState, line: int) -> _Words | None:
         """The words line `line` may end on (None: any)."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import lstmgen
 from lstmgen.config import SamplingOptions
@@ -276,3 +277,26 @@ def test_english_acrostics_and_rhymes_with_the_shakespeare_model(shakespeare) ->
         assert check_english(sample.text, "ROSE", "ABAB"), sample.text
     for sample in shakespeare.sample_many("KING", 1, acrostic="to be or", temperature=0.8, seed=2):
         assert check_english(sample.text, "to be or", "", lead=True), sample.text
+
+
+@pytest.mark.parametrize("scheme", ["", "ABAB"])
+def test_cached_english_masks_equal_masks_computed_afresh(shakespeare, scheme: str) -> None:
+    """Masks are cached by the machine's key (far from a line's end: not the line's text) and the budget's slack:
+    along random walks, with roomy and tight budgets, a cached mask is always the one computed from the state."""
+    rng = random.Random(3)
+    tokenizer = shakespeare.tokenizer
+    rhymes = end_words(tokenizer) if scheme else None
+    cached = TokenConstraint(EnglishLines(4, list("LOVE"), scheme, 30, rhymes), tokenizer)
+    fresh = TokenConstraint(EnglishLines(4, list("LOVE"), scheme, 30, rhymes), tokenizer)
+    for budget in (400, cached.remaining(cached.start("")) + 3):
+        for _ in range(3):
+            cursor, left = cached.start(""), budget
+            while True:
+                fresh._cache.clear()
+                mask = cached.mask(cursor, left)
+                assert torch.equal(mask, fresh.mask(cursor, left))
+                token = rng.choice(mask.nonzero().flatten().tolist())
+                if token == cached.eos_id:
+                    break
+                cursor, left = cached.advance(cursor, token), left - 1
+    assert len(cached._cache) < 200  # far from a line's end the masks are shared
