@@ -11,11 +11,28 @@ vectorised and scalar code paths can differ in the last bit (sigmoid(x) = (1 + t
 
 The input and recurrent products of each LSTM layer are quantized separately: embedding rows and
 hidden states have different ranges, and one shared scale would crush the smaller one.
+
+Two kernels compute the same integer sums, and each product shape uses the faster one here:
+`torch._int_mm`, and a float32 GEMM over the int8 values (every product of two int8 values and
+every partial sum of at most EXACT_FLOAT_DEPTH of them is an integer below 2^24, so float32 holds
+them exactly, in any order; deeper products are cut into such slices summed in float64). Both give
+bit-identical results, so the choice never changes a number. It matters: torch's CPU `_int_mm`
+runs oneDNN's int8 GEMM only on CPUs with AVX512-VNNI (and oneDNN enabled); elsewhere it is a
+scalar reference loop, measured 4× slower than float32 at one row and 10-50× at 64-256 rows. There
+the float kernel is used without measuring; with VNNI each product shape (by row count) is
+measured once per process (`choose_kernel`).
+
+Where the int8 model, on its best kernels, is still slower than the float32 one for a use
+(generation, evaluation), the caller runs float32 instead and says so in one warning
+(`int8_is_faster`); $LSTMGEN_INT8=always keeps int8 (its exact numbers, or to measure its cost).
 """
 
 from __future__ import annotations
 
-import math
+import logging
+import os
+from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -26,6 +43,105 @@ from .errors import LstmgenError
 from .options import ref
 
 _TINY = 1e-30
+log = logging.getLogger("lstmgen")
+
+#: The kernels of an int8 product, in order of preference on a tie: they give identical numbers.
+KERNELS = ("int8", "float")
+#: The most int8 terms a float32 GEMM sums exactly: 127² · 1040 < 2^24.
+EXACT_FLOAT_DEPTH = 1040
+#: Products are timed at these row counts; a product of n rows uses the choice of the first one ≥ n
+#: (of the last one for more: per row, larger products cost about what 256 rows do).
+ROW_BUCKETS = (1, 4, 16, 64, 256)
+#: `LSTMGEN_INT8=always`: run int8 even where float32 measures faster (no fallback).
+INT8_ENV = "LSTMGEN_INT8"
+#: Kernel choices of this process: (in, out, row bucket, threads) → kernel.
+_KERNEL_CHOICES: dict[tuple[int, int, int, int], str] = {}
+
+
+def int8_gemm_is_native() -> bool:
+    """Whether `torch._int_mm` runs oneDNN's int8 GEMM on this CPU: torch takes it only with AVX512-VNNI and
+    oneDNN enabled, and otherwise runs a scalar reference loop (one int32 dot product per output element)."""
+    vnni = getattr(torch.cpu, "_is_vnni_supported", None)
+    if vnni is None:  # this torch cannot tell: measure
+        return True
+    return bool(vnni()) and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+
+
+def int8_forced() -> bool:
+    """$LSTMGEN_INT8=always: int8 runs even where float32 measures faster."""
+    return os.environ.get(INT8_ENV, "").strip().lower() == "always"
+
+
+def measure(
+    candidates: dict[str, Callable[[], object]], rounds: int = 5, budget: float = 0.1
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate: one warm-up call each, then rounds that call each once in turn
+    (interleaved, so a busy machine slows them alike), until `rounds` rounds or `budget` seconds (at least one).
+    A candidate whose first timed call is 4× slower than another's is not called again."""
+    for run in candidates.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    started = perf_counter()
+    for index in range(rounds):
+        for name, run in candidates.items():
+            if index and min(times[name]) > 4 * min(min(t) for t in times.values()):
+                continue
+            begin = perf_counter()
+            run()
+            times[name].append(perf_counter() - begin)
+        if perf_counter() - started > budget:
+            break
+    return times
+
+
+def fastest(times: dict[str, list[float]], margin: float = 1.0) -> str:
+    """The candidate with the least minimum time; a later one must beat the first by `margin` (0.9: by 10 %)."""
+    first, *others = times
+    best = min(others, key=lambda name: min(times[name]), default=first)
+    return best if min(times[best]) < margin * min(times[first]) else first
+
+
+def _bucket(rows: int) -> int:
+    return next((bucket for bucket in ROW_BUCKETS if rows <= bucket), ROW_BUCKETS[-1])
+
+
+def choose_kernel(linear: Int8Linear, bucket: int) -> str:
+    """The kernel for products of `linear`'s shape with about `bucket` rows: measured once per process and
+    shape where both can win; the float one where `_int_mm` is torch's reference loop; int8 where float32
+    matrix products may round (torch.set_float32_matmul_precision below "highest")."""
+    key = (linear.in_features, linear.out_features, bucket, torch.get_num_threads())
+    if key not in _KERNEL_CHOICES:
+        if not int8_gemm_is_native():
+            _KERNEL_CHOICES[key] = "float"
+        elif torch.get_float32_matmul_precision() != "highest":
+            _KERNEL_CHOICES[key] = "int8"
+        else:
+            generator = torch.Generator().manual_seed(bucket)
+            values, _ = quantize_activations(torch.randn(bucket, linear.in_features, generator=generator))
+            times = measure({kernel: _runner(linear, values, kernel) for kernel in KERNELS})
+            # Timed alone, a product finds its weights in cache; in a model the int8 ones (4× smaller) stay
+            # there more often, so the float kernel must win by 10 %.
+            _KERNEL_CHOICES[key] = fastest(times, margin=0.9)
+    return _KERNEL_CHOICES[key]
+
+
+def _runner(linear: Int8Linear, values: torch.Tensor, kernel: str) -> Callable[[], object]:
+    return lambda: linear.sums(values, kernel)
+
+
+def int8_is_faster(use: str, int8_run: Callable[[], object], float_run: Callable[[], object]) -> bool:
+    """Whether `use` ("generation", "evaluation") should run int8: at least as fast as float32 by interleaved
+    timing (the best of up to 5 calls each, 0.3 s at most). Otherwise one warning says float32 runs instead."""
+    times = measure({"int8": int8_run, "float32": float_run}, rounds=5, budget=0.3)
+    ratio = min(times["int8"]) / min(times["float32"])
+    if ratio <= 1.0:
+        return True
+    where = "" if int8_gemm_is_native() else " (this CPU has no AVX512-VNNI int8 GEMM)"
+    log.warning(
+        f"int8 {use} measured {ratio:.1f}x slower than float32 here{where}; running float32 instead "
+        f"({INT8_ENV}=always keeps int8)"
+    )
+    return False
 
 
 def check_quantize(quantize: str | None, device: torch.device | str = "cpu") -> str | None:
@@ -64,6 +180,9 @@ class Int8Linear:
         self.bias = bias.detach().float().contiguous() if bias is not None else None
         self.in_features = weight.shape[1]
         self.out_features = weight.shape[0]
+        #: The kernel of each row bucket, once chosen (`choose_kernel`).
+        self.kernels: dict[int, str] = {}
+        self._float_slices: list[tuple[int, torch.Tensor]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -73,18 +192,49 @@ class Int8Linear:
         """x: (rows, in) float → (rows, out) float."""
         return self.matmul(*quantize_activations(x))
 
+    def kernel(self, rows: int) -> str:
+        bucket = _bucket(rows)
+        if bucket not in self.kernels:
+            self.kernels[bucket] = choose_kernel(self, bucket)
+        return self.kernels[bucket]
+
     def matmul(self, quantized: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
-        """The product for rows already quantized: int8 (rows, in) and their scales (rows, 1)."""
-        accumulated = torch._int_mm(quantized, self.weight_t)
+        """The product for rows already quantized: their int8 values (rows, in), as int8 or as whole floats, and
+        their scales (rows, 1)."""
+        sums = self.sums(quantized, self.kernel(quantized.shape[0]))
         if self.bias is not None:
-            return torch.addcmul(self.bias, accumulated, row_scale * self.scale)
-        return accumulated * (row_scale * self.scale)
+            return torch.addcmul(self.bias, sums, row_scale * self.scale)
+        return sums.mul_(row_scale * self.scale)
+
+    def sums(self, values: torch.Tensor, kernel: str) -> torch.Tensor:
+        """The exact integer sums Σ_k x[r, k] · W[o, k] as float32 (rows, out) of rows of int8 values (as int8 or
+        as whole floats), by `kernel`: the same numbers either way."""
+        if kernel == "int8":
+            return torch._int_mm(values.to(torch.int8), self.weight_t).float()
+        if values.dtype != torch.float32:
+            values = values.float()
+        slices = self.float_slices()
+        if len(slices) == 1:
+            return torch.mm(values, slices[0][1])
+        total = torch.zeros(values.shape[0], self.out_features, dtype=torch.float64)
+        for start, weight in slices:  # each slice exact in float32, their sum exact in float64
+            total += torch.mm(values[:, start : start + weight.shape[0]], weight)
+        return total.float()
+
+    def float_slices(self) -> list[tuple[int, torch.Tensor]]:
+        """The int8 weights as float32 (in, out), cut along `in` into slices float32 sums exactly (made on first use)."""
+        if self._float_slices is None:
+            self._float_slices = [
+                (start, self.weight_t[start : start + EXACT_FLOAT_DEPTH].float().contiguous())
+                for start in range(0, self.in_features, EXACT_FLOAT_DEPTH)
+            ]
+        return self._float_slices
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (int8 (rows, in), float scale (rows, 1))."""
-    row_scale = torch.linalg.vector_norm(x, ord=math.inf, dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
-    return torch.round(x / row_scale).to(torch.int8), row_scale
+    """Symmetric per-row int8: (the int8 values as whole float32 numbers (rows, in), float scale (rows, 1))."""
+    row_scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
+    return x.div(row_scale).round_(), row_scale
 
 
 def halved_sigmoid_(tensor: torch.Tensor) -> torch.Tensor:

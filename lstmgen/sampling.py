@@ -29,7 +29,7 @@ from .data import start_ids
 from .errors import LstmgenError, option_mark
 from .model import START_ID, LSTMLanguageModel
 from .options import ref
-from .quantization import Int8LSTMLanguageModel, check_quantize
+from .quantization import Int8LSTMLanguageModel, check_quantize, int8_forced, int8_is_faster
 from .tokenizer import Tokenizer
 
 __all__ = ["FastStepper", "Sample", "Sampler", "SamplingOptions", "check_num_samples"]
@@ -85,8 +85,9 @@ class FastStepper:
     """`step(tokens, state) -> (logits, state)`: advance every row of a batch by one token.
 
     Float models use their cell's one-token step (`cells.make_step`: fused GEMMs per layer over the
-    cell's equations); `quantize="int8"` runs the int8 model of `lstmgen.quantization`.
-    `forward(tokens, state)` reads whole sequences (prompts) with the arithmetic that matches the steps.
+    cell's equations); `quantize="int8"` runs the int8 model of `lstmgen.quantization` where it is
+    at least as fast as float32 (`uses_int8`). `forward(tokens, state)` reads whole sequences
+    (prompts) with the arithmetic that matches the steps.
     """
 
     def __init__(self, model: LSTMLanguageModel, quantize: str | None = None) -> None:
@@ -96,6 +97,10 @@ class FastStepper:
         self.cell: Step | None = (
             make_step(model.rnn, model.config.cell, model.config.num_layers) if self.int8 is None else None
         )
+        #: For int8: whether each use ("generation", "evaluation") runs the int8 model, decided at its first call
+        #: (always, with $LSTMGEN_INT8=always when the model is loaded).
+        self.runs_int8: dict[str, bool] = {}
+        self.int8_forced = self.int8 is not None and int8_forced()
         self.embedding = model.embedding.weight
         self.projection = model.projection.weight if model.projection is not None else None
         self.head_weight = model.head.weight
@@ -114,12 +119,52 @@ class FastStepper:
             total += model.head.weight.numel() * model.head.weight.element_size()
         return total + model.embedding.weight.shape[1] * model.embedding.weight.element_size()
 
+    def uses_int8(self, use: str, batch: int = 1) -> bool:
+        """Whether `use` runs the int8 model. Decided once, at its first call, by timing both models on a few
+        tokens at `batch` rows (generation: steps at batch 1; evaluation: its first window's rows): float32
+        where int8 is slower, with one warning (quantization.int8_is_faster). Samples and prompts of a
+        generation use one model whatever the batch, so batching never changes a sample."""
+        if self.int8 is None:
+            return False
+        if use not in self.runs_int8:
+            with torch.inference_mode():
+                self.runs_int8[use] = self.int8_forced or int8_is_faster(use, *self._probes(use, batch))
+        return self.runs_int8[use]
+
+    def _probes(self, use: str, batch: int) -> tuple[Callable[[], object], Callable[[], object]]:
+        """Two calls doing the same work in int8 and float32: 8 one-token steps at batch 1 for generation, a window
+        of `batch` rows and ~256 tokens in all for evaluation."""
+        int8 = self.int8
+        assert int8 is not None
+        generator = torch.Generator().manual_seed(0)
+        vocab = self.model.config.vocab_size
+        if use == "generation":
+            tokens = torch.randint(vocab, (8, 1), generator=generator)
+            start = int8.initial_state(1)
+
+            def steps(step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]) -> Callable[[], object]:
+                def run() -> None:
+                    state = start
+                    for token in tokens:
+                        _, state = step(token, state)
+
+                return run
+
+            return steps(int8.step), steps(self._float_step)
+        window = torch.randint(vocab, (batch, min(32, max(4, 256 // batch))), generator=generator)
+        return (lambda: int8(window)), (lambda: self.model(window))
+
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """tokens (batch,) → logits (batch, vocab) and the new state."""
-        if self.int8 is not None or self.cell is None:
-            assert self.int8 is not None
+        if self.int8 is not None and self.uses_int8("generation"):
             return self.int8.step(tokens, state)
+        return self._float_step(tokens, state)
+
+    @torch.inference_mode()
+    def _float_step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        if self.cell is None:  # an int8 stepper running float32
+            self.cell = make_step(self.model.rnn, self.model.config.cell, self.model.config.num_layers)
         x = self.embedding[tokens].masked_fill_((tokens == START_ID).unsqueeze(-1), 0.0)
         x, state = self.cell(x, state)
         if self.projection is not None:
@@ -129,9 +174,30 @@ class FastStepper:
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """tokens (batch, time) → logits (batch, time, vocab) and the state after the last token."""
-        if self.int8 is not None:
+        if self.int8 is not None and self.uses_int8("generation"):
             return self.int8(tokens, state)
         return self.model(tokens, state)
+
+    def evaluation_network(self) -> Any:
+        """What evaluation runs: the float model, or for int8 `Int8Evaluation`."""
+        return Int8Evaluation(self) if self.int8 is not None else self.model
+
+
+class Int8Evaluation:
+    """Evaluation's network for quantize="int8": the int8 model, or the float one where int8 measured slower at
+    the shape of the first window it reads (`FastStepper.uses_int8("evaluation", rows)`)."""
+
+    def __init__(self, stepper: FastStepper) -> None:
+        self.stepper = stepper
+
+    def eval(self) -> Int8Evaluation:
+        return self
+
+    def __call__(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        stepper = self.stepper
+        if stepper.int8 is not None and stepper.uses_int8("evaluation", tokens.shape[0]):
+            return stepper.int8(tokens, state)
+        return stepper.model(tokens, state)
 
 
 # -- text ---------------------------------------------------------------------------------------------

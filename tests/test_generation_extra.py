@@ -29,7 +29,10 @@ def lm(tiny_bundle: Path):
 
 @pytest.fixture(scope="module")
 def lm8(tiny_bundle: Path):
-    return lstmgen.load(tiny_bundle, quantize="int8")
+    """int8 whatever it measures here (these tests are about its numbers; tests/test_quantization.py about the choice)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LSTMGEN_INT8", "always")
+        return lstmgen.load(tiny_bundle, quantize="int8")
 
 
 PROMPTS = ["", "ROMEO:", "To be, or not to be, that is the question", "K", "First Citizen:\nBefore we proceed any further"]
@@ -222,13 +225,17 @@ def test_cli_quantized_sample_and_eval(tiny_bundle: Path, tmp_path: Path) -> Non
 
     text = tmp_path / "held-out.txt"
     text.write_text((ROOT / "corpora" / "tinyshakespeare.txt").read_text()[200_000:203_000])
-    result = cli("eval", "-m", str(tiny_bundle), str(text), "--quantize", "int8", "--json", "--threads", "1")
+    always = {"LSTMGEN_INT8": "always"}  # int8 even where it measures slower (see tests/test_quantization.py)
+    result = cli("eval", "-m", str(tiny_bundle), str(text), "--quantize", "int8", "--json", "--threads", "1", env=always)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["quantize"] == "int8" and report["bits_per_byte"] > 0
-    sample = cli("sample", "-m", str(tiny_bundle), "--quantize", "int8", "--prompt", "ROMEO:", "--seed", "5", "--max-tokens", "20")
+    sample = cli("sample", "-m", str(tiny_bundle), "--quantize", "int8", "--prompt", "ROMEO:", "--seed", "5", "--max-tokens", "20",
+                 env=always)
     assert sample.returncode == 0, sample.stderr
-    expected = lstmgen.load(tiny_bundle, quantize="int8").generate("ROMEO:", seed=5, max_tokens=20)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LSTMGEN_INT8", "always")
+        expected = lstmgen.load(tiny_bundle, quantize="int8").generate("ROMEO:", seed=5, max_tokens=20)
     assert sample.stdout == "ROMEO:" + expected + ("" if expected.endswith("\n") else "\n")
 
 
