@@ -1,6 +1,6 @@
 """Generation speed: lstmgen's sampler against references measured in the same run.
 
-    python benchmarks/bench_sampling.py [--threads N] [--tokens 500] [--no-write] [--full-naive]
+    python benchmarks/bench_sampling.py [--threads N] [--tokens 500] [--no-write] [--full-naive] [--int8-only]
 
 Two models with random weights (speed does not depend on what the weights say): a word-piece
 model (2 layers × 512, vocabulary 4,096) and a char-level one (1 × 256, vocabulary ≈ 330, the
@@ -18,6 +18,15 @@ characters of tiny Shakespeare). For each, at batch 1 and 16, generated tokens p
 Then a per-token profile at batch 1, the time from a cold `lstmgen sample` process start to its
 first byte on stdout, and `lstmgen --help`. The Markdown goes to stdout and replaces the section
 between `<!-- sampling:start -->` and `<!-- sampling:end -->` in docs/benchmarks.md.
+
+int8 against float32 on this CPU (`<!-- int8:start -->` … `<!-- int8:end -->`; `--int8-only` runs
+just this part): for both models, int8 (forced: LSTMGEN_INT8=always) and float32 timed in turn,
+interleaved, for one-token steps at batch 1, 16 and 64 and for evaluation windows of 1 stream ×
+256 tokens and 64 streams × 128 tokens (what `lstmgen eval` reads per call for 1 and 64 streams),
+as the ratio int8 ÷ float32 of each pair (min and median), next to what `--quantize int8` then
+runs; and one 512 → 2048 product at 1, 16, 64 and 256 rows by each kernel: float32, `torch._int_mm`,
+the exact float32 GEMM over int8 values, and `torch._int_mm` with oneDNN off (torch's reference
+loop, what a CPU without AVX512-VNNI runs).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lstmgen import quantization  # noqa: E402
 from lstmgen.bundle import save_bundle  # noqa: E402
 from lstmgen.config import ModelConfig, TokenizerConfig  # noqa: E402
 from lstmgen.model import LSTMLanguageModel  # noqa: E402
@@ -88,6 +98,7 @@ class Case:
             self.model.head.bias[tokenizer.eos_id] = -1e4
         self.float = Sampler(self.model, tokenizer)
         self.int8 = Sampler(self.model, tokenizer, quantize="int8")
+        self.int8.stepper.int8_forced = True  # int8's own speed, even where --quantize int8 would run float32
 
 
 def sampler_rate(sampler: Sampler, batch: int, tokens: int) -> float:
@@ -192,6 +203,140 @@ def profile(case: Case, tokens: int) -> dict[str, float]:
     return {"step": step_ms, "int8_step": int8_ms, "sampling": sample_ms, "rest": max(0.0, total_ms - step_ms - sample_ms), "total": total_ms}
 
 
+def interleaved(candidates: dict, repeat: int) -> dict[str, list[float]]:
+    """Seconds of each candidate per call, called in turn `repeat` times after one warm-up call each."""
+    for run in candidates.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeat):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratios(times: dict[str, list[float]], over: str, under: str) -> tuple[float, float]:
+    """(min, median) of the ratio over ÷ under: the ratio of the minimums, and the median of the paired ratios."""
+    paired = [a / b for a, b in zip(times[over], times[under])]
+    return min(times[over]) / min(times[under]), statistics.median(paired)
+
+
+@torch.inference_mode()
+def int8_uses(case: Case, repeat: int) -> list[dict]:
+    """int8 (forced) against float32 per use: one-token steps at batch 1/16/64, evaluation windows of 1×256 and 64×128."""
+    import logging
+
+    from lstmgen.sampling import FastStepper, Int8Evaluation
+
+    model, vocab = case.model, case.model.config.vocab_size
+    fp, q8 = case.float.stepper, case.int8.stepper
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    logging.getLogger("lstmgen").setLevel(logging.ERROR)  # the fallback's warning: reported in the table instead
+    for batch in (1, 16, 64):
+        tokens = torch.randint(vocab, (16, batch), generator=generator)
+        start = model.initial_state(batch)
+
+        def steps(stepper, tokens=tokens, start=start) -> None:
+            state = start
+            for token in tokens:
+                _, state = stepper.step(token, state)
+
+        times = interleaved({"float32": lambda: steps(fp), "int8": lambda: steps(q8)}, repeat)
+        auto_stepper = FastStepper(model, quantize="int8")
+        auto_stepper.int8_forced = False  # what --quantize int8 does without LSTMGEN_INT8=always
+        auto = auto_stepper.uses_int8()
+        rows.append({"use": f"generation, batch {batch}", "unit": batch * 16, "times": times, "auto": auto})
+    for streams, window in ((1, 256), (64, 128)):
+        tokens = torch.randint(vocab, (streams, window), generator=generator)
+        times = interleaved({"float32": lambda: model(tokens), "int8": lambda: q8.int8(tokens)}, max(3, repeat // 2))
+        stepper = FastStepper(model, quantize="int8")
+        stepper.int8_forced = False
+        Int8Evaluation(stepper)(tokens)
+        rows.append({"use": f"evaluation, {streams} × {window}", "unit": streams * window, "times": times,
+                     "auto": stepper.runs_int8["evaluation"]})
+    logging.getLogger("lstmgen").setLevel(logging.NOTSET)
+    for row in rows:
+        row["min"], row["median"] = ratios(row["times"], "int8", "float32")
+    return rows
+
+
+@torch.inference_mode()
+def int8_products(repeat: int) -> list[dict]:
+    """One 512 → 2048 product (an LSTM layer's gates at H=512) by each kernel, at 1 to 256 rows."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(2048, 512, generator=generator) * 0.05
+    linear = quantization.Int8Linear(weight)
+    weight_t = weight.t().contiguous()
+    rows = []
+    for count in (1, 16, 64, 256):
+        x = torch.randn(count, 512, generator=generator)
+        values, scale = quantization.quantize_activations(x)
+
+        def reference(values=values) -> None:
+            with torch.backends.mkldnn.flags(enabled=False):
+                torch._int_mm(values.to(torch.int8), linear.weight_t)
+
+        candidates = {
+            "float32": lambda x=x: torch.mm(x, weight_t),
+            "_int_mm": lambda values=values: linear.sums(values, "int8"),
+            "exact float": lambda values=values: linear.sums(values, "float"),
+            "reference loop": reference,
+        }
+        times = interleaved(candidates, repeat if count < 256 else max(2, repeat // 3))
+        quantization._KERNEL_CHOICES.clear()
+        linear.kernels.clear()
+        rows.append({"rows": count, "times": {k: min(v) for k, v in times.items()},
+                     "chosen": linear.kernel(count) if quantization.int8_gemm_is_native() else "float (unmeasured)"})
+    return rows
+
+
+def int8_section(cases: list[Case], threads: int, repeat: int, elapsed: float, uses: dict, products: list[dict]) -> str:
+    native = quantization.int8_gemm_is_native()
+    vnni = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+    lines = [
+        "## int8 against float32",
+        "",
+        f"`python benchmarks/bench_sampling.py --int8-only` ({elapsed / 60:.1f} min; {cpu_name()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}; AVX512-VNNI: {'yes' if vnni else 'no'}, so "
+        f"`torch._int_mm` runs {'oneDNN' if native else 'its scalar reference loop'}). Random weights. int8 (forced) and "
+        f"float32 are called in turn, {repeat} times each after a warm-up; the ratio is int8 ÷ float32 time (below 1: "
+        "int8 faster), as the ratio of the minimums and the median of the paired ratios. The last column is what "
+        "`--quantize int8` ran when asked in the same run (it times both models at the first use and runs float32, with "
+        "one warning, where int8 is slower).",
+        "",
+        "| model | use | float32 ms | int8 ms | int8 ÷ float32 (min) | (median) | `--quantize int8` runs |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for case in cases:
+        for row in uses[case.name]:
+            times = row["times"]
+            lines.append(
+                f"| {case.name} | {row['use']} | {min(times['float32']) * 1e3:.2f} | {min(times['int8']) * 1e3:.2f} | "
+                f"{row['min']:.2f} | {row['median']:.2f} | {'int8' if row['auto'] else 'float32'} |"
+            )
+    lines += [
+        "",
+        "Generation rows time 16 one-token steps (the model step only, no sampling); evaluation rows one window (what "
+        "`lstmgen eval` reads per call for 1 and for 64 streams).",
+        "",
+        "One 512 → 2048 product (the gates of a layer with 512 inputs), µs, best of the interleaved calls: float32 "
+        "`torch.mm`; int8 through `torch._int_mm` (with the conversions around it); the exact float32 GEMM over the int8 "
+        "values (the same sums); `torch._int_mm` with oneDNN off, which is the loop a CPU without AVX512-VNNI runs.",
+        "",
+        "| rows | float32 | `_int_mm` | exact float32 over int8 | `_int_mm`, reference loop | kernel chosen |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in products:
+        t = row["times"]
+        lines.append(
+            f"| {row['rows']} | {t['float32'] * 1e6:,.0f} | {t['_int_mm'] * 1e6:,.0f} | {t['exact float'] * 1e6:,.0f} | "
+            f"{t['reference loop'] * 1e6:,.0f} | {row['chosen']} |"
+        )
+    return "\n".join(lines)
+
+
 def lstmgen_command() -> list[str]:
     script = Path(sys.executable).parent / "lstmgen"
     return [str(script)] if script.exists() else [sys.executable, "-m", "lstmgen"]
@@ -226,6 +371,8 @@ def main() -> None:
     parser.add_argument("--full-naive", action="store_true", help="run the naive loop for all steps instead of interpolating")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose sampling section is replaced")
+    parser.add_argument("--int8-only", action="store_true", help="only the int8 against float32 section")
+    parser.add_argument("--repeat", type=int, default=7, help="interleaved calls of each in the int8 section")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -242,6 +389,16 @@ def main() -> None:
                       ModelConfig(vocab_size=char_tokenizer.vocab_size, embedding_size=256, hidden_size=256, num_layers=1, dropout=0.0),
                       char_tokenizer))
     assert cases[0].tokenizer.vocab_size == 4096, cases[0].tokenizer.vocab_size
+    int8_started = time.perf_counter()
+    print("int8 against float32...", file=sys.stderr)
+    uses = {case.name: int8_uses(case, args.repeat) for case in cases}
+    products = int8_products(args.repeat)
+    int8_text = int8_section(cases, threads, args.repeat, time.perf_counter() - int8_started, uses, products)
+    if args.int8_only:
+        print(int8_text)
+        if not args.no_write:
+            write_section(int8_text, args.doc, "int8")
+        return
     print("measuring bandwidth...", file=sys.stderr)
     bytes_per_second = bandwidth()
     rows = []
@@ -319,8 +476,10 @@ def main() -> None:
     ]
     section = "\n".join(lines)
     print(section)
+    print(int8_text)
     if not args.no_write:
         write_section(section, args.doc)
+        write_section(int8_text, args.doc, "int8")
 
 
 def command_seconds_python(code: str) -> float:
@@ -329,11 +488,11 @@ def command_seconds_python(code: str) -> float:
     return time.perf_counter() - start
 
 
-def write_section(section: str, doc: Path = DOC) -> None:
-    """Replace this benchmark's section of docs/benchmarks.md (create the file if it is missing)."""
+def write_section(section: str, doc: Path = DOC, name: str = "sampling") -> None:
+    """Replace one of this benchmark's sections of docs/benchmarks.md (create the file if it is missing)."""
     from docsection import write_section as write
 
-    write(doc, "sampling", section, INTRO)
+    write(doc, name, section, INTRO)
     print(f"updated {doc}", file=sys.stderr)
 
 

@@ -119,45 +119,39 @@ class FastStepper:
             total += model.head.weight.numel() * model.head.weight.element_size()
         return total + model.embedding.weight.shape[1] * model.embedding.weight.element_size()
 
-    def uses_int8(self, use: str, batch: int = 1) -> bool:
-        """Whether `use` runs the int8 model. Decided once, at its first call, by timing both models on a few
-        tokens at `batch` rows (generation: steps at batch 1; evaluation: its first window's rows): float32
-        where int8 is slower, with one warning (quantization.int8_is_faster). Samples and prompts of a
-        generation use one model whatever the batch, so batching never changes a sample."""
+    def uses_int8(self) -> bool:
+        """Whether generation (prompts and steps) runs the int8 model. Decided at its first call by timing 8
+        one-token steps at batch 1 of both models, interleaved: float32 where int8 is slower, with one warning
+        (quantization.int8_is_faster). One model for every batch size, so batching never changes a sample.
+        Evaluation decides on its own first window (`Int8Evaluation`)."""
         if self.int8 is None:
             return False
-        if use not in self.runs_int8:
-            with torch.inference_mode():
-                self.runs_int8[use] = self.int8_forced or int8_is_faster(use, *self._probes(use, batch))
-        return self.runs_int8[use]
+        if "generation" not in self.runs_int8:
+            self.runs_int8["generation"] = self.int8_forced or self._time_steps()
+        return self.runs_int8["generation"]
 
-    def _probes(self, use: str, batch: int) -> tuple[Callable[[], object], Callable[[], object]]:
-        """Two calls doing the same work in int8 and float32: 8 one-token steps at batch 1 for generation, a window
-        of `batch` rows and ~256 tokens in all for evaluation."""
+    @torch.inference_mode()
+    def _time_steps(self) -> bool:
         int8 = self.int8
         assert int8 is not None
-        generator = torch.Generator().manual_seed(0)
-        vocab = self.model.config.vocab_size
-        if use == "generation":
-            tokens = torch.randint(vocab, (8, 1), generator=generator)
-            start = int8.initial_state(1)
+        int8.choose_kernels(1)
+        tokens = torch.randint(self.model.config.vocab_size, (8, 1), generator=torch.Generator().manual_seed(0))
+        start = int8.initial_state(1)
 
-            def steps(step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]) -> Callable[[], object]:
-                def run() -> None:
-                    state = start
-                    for token in tokens:
-                        _, state = step(token, state)
+        def steps(step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]) -> Callable[[], object]:
+            def run() -> None:
+                state = start
+                for token in tokens:
+                    _, state = step(token, state)
 
-                return run
+            return run
 
-            return steps(int8.step), steps(self._float_step)
-        window = torch.randint(vocab, (batch, min(32, max(4, 256 // batch))), generator=generator)
-        return (lambda: int8(window)), (lambda: self.model(window))
+        return int8_is_faster("generation", steps(int8.step), steps(self._float_step))
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """tokens (batch,) → logits (batch, vocab) and the new state."""
-        if self.int8 is not None and self.uses_int8("generation"):
+        if self.int8 is not None and self.uses_int8():
             return self.int8.step(tokens, state)
         return self._float_step(tokens, state)
 
@@ -174,29 +168,48 @@ class FastStepper:
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """tokens (batch, time) → logits (batch, time, vocab) and the state after the last token."""
-        if self.int8 is not None and self.uses_int8("generation"):
+        if self.int8 is not None and self.uses_int8():
             return self.int8(tokens, state)
         return self.model(tokens, state)
 
     def evaluation_network(self) -> Any:
-        """What evaluation runs: the float model, or for int8 `Int8Evaluation`."""
+        """What evaluation runs: the float model, or for int8 `Int8Evaluation` (int8 or float32, by timing)."""
         return Int8Evaluation(self) if self.int8 is not None else self.model
 
 
 class Int8Evaluation:
-    """Evaluation's network for quantize="int8": the int8 model, or the float one where int8 measured slower at
-    the shape of the first window it reads (`FastStepper.uses_int8("evaluation", rows)`)."""
+    """Evaluation's network for quantize="int8": the int8 model, or the float one where int8 reads the first window
+    slower. Both models read that window (a short window favours int8: nn.LSTM pays a fixed cost per call), timed
+    in turn after a warm-up, and the faster one's result is returned and used from then on (one warning if float32)."""
 
     def __init__(self, stepper: FastStepper) -> None:
         self.stepper = stepper
+        assert stepper.int8 is not None
+        self.int8: Int8LSTMLanguageModel = stepper.int8
 
     def eval(self) -> Int8Evaluation:
         return self
 
+    @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        stepper = self.stepper
-        if stepper.int8 is not None and stepper.uses_int8("evaluation", tokens.shape[0]):
-            return stepper.int8(tokens, state)
+        stepper, int8 = self.stepper, self.int8
+        if "evaluation" not in stepper.runs_int8 and stepper.int8_forced:
+            stepper.runs_int8["evaluation"] = True
+        if "evaluation" not in stepper.runs_int8:
+            results: dict[str, tuple[torch.Tensor, Any]] = {}
+            int8.choose_kernels(tokens.shape[0], tokens.shape[1])
+            stepper.model(tokens[:, :2], state)  # oneDNN's first call sets up more than the next ones
+
+            def read(name: str, model: Callable[..., tuple[torch.Tensor, Any]]) -> Callable[[], object]:
+                return lambda: results.__setitem__(name, model(tokens, state))
+
+            faster = int8_is_faster(
+                "evaluation", read("int8", int8), read("float32", stepper.model), rounds=3, budget=0.2, warmup=False
+            )
+            stepper.runs_int8["evaluation"] = faster
+            return results["int8" if faster else "float32"]
+        if stepper.runs_int8["evaluation"]:
+            return int8(tokens, state)
         return stepper.model(tokens, state)
 
 

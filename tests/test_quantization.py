@@ -38,7 +38,7 @@ def timings(**seconds: float):
     """A stand-in for quantization.measure: each candidate took these seconds; records the candidates it saw."""
     seen: list[list[str]] = []
 
-    def measure(candidates, rounds=5, budget=0.1):
+    def measure(candidates, **settings):
         seen.append(list(candidates))
         for run in candidates.values():  # the candidates must run (a broken one would fail here)
             run()
@@ -157,7 +157,7 @@ def test_slower_int8_falls_back_to_float32_with_one_warning(tiny_bundle: Path, l
         texts += [s.text for s in lm8.sample_many("ROMEO:", 3, seed=1, max_tokens=15)]
     assert texts[:3] == [lm.generate("ROMEO:", seed=seed, max_tokens=15) for seed in (1, 2, 1)]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "int8 generation measured 3.0x slower than float32" in warnings[0]
+    assert len(warnings) == 1 and "int8 generation measured 3.00x slower than float32" in warnings[0]
     assert "LSTMGEN_INT8=always" in warnings[0]
     assert ["int8", "float32"] in measure.seen and lm8.quantize_ran("generation") is None
 
@@ -202,7 +202,7 @@ def test_evaluation_decides_apart_from_generation(tiny_bundle: Path, lm, monkeyp
 _CLI_WITH_TIMINGS = """
 import sys
 from lstmgen import quantization
-def measure(candidates, rounds=5, budget=0.1):  # injected timings: the int8 model 3x slower than float32
+def measure(candidates, **settings):  # injected timings: the int8 model 3x slower than float32
     for run in candidates.values():
         run()
     return {name: [{"int8": 3.0, "float32": 1.0}.get(name, 1.0)] for name in candidates}
@@ -222,7 +222,7 @@ def test_cli_says_once_on_stderr_that_float32_ran(tiny_bundle: Path, small_corpu
     assert run.returncode == 0, run.stderr
     lines = run.stderr.strip().splitlines()
     use = "generation" if command == "sample" else "evaluation"
-    assert lines == [f"warning: int8 {use} measured 3.0x slower than float32 here; running float32 instead "
+    assert lines == [f"warning: int8 {use} measured 3.00x slower than float32 here; running float32 instead "
                      "(LSTMGEN_INT8=always keeps int8)"], run.stderr
     if command == "eval":
         report = json.loads(run.stdout)
