@@ -231,6 +231,21 @@ def int8_uses(case: Case, repeat: int) -> list[dict]:
 
     model, vocab = case.model, case.model.config.vocab_size
     fp, q8 = case.float.stepper, case.int8.stepper
+    # int8 as before issue 15 §3 on a CPU without AVX512-VNNI: every product through _int_mm, here with oneDNN off
+    reference = quantization.Int8LSTMLanguageModel(model)
+    # int8 as it runs now on such a CPU (with LSTMGEN_INT8=always): every product by the exact float kernel
+    float_kernels = quantization.Int8LSTMLanguageModel(model)
+    for int8_model, kernel in ((reference, "int8"), (float_kernels, "float")):
+        for linear in [*(linear for pair in int8_model.layers for linear in pair), int8_model.projection, int8_model.head]:
+            if linear is not None:
+                linear.kernels = dict.fromkeys(quantization.ROW_BUCKETS, kernel)
+
+    def without_onednn(run):
+        def wrapped() -> None:
+            with torch.backends.mkldnn.flags(enabled=False):
+                run()
+
+        return wrapped
     generator = torch.Generator().manual_seed(0)
     rows = []
     logging.getLogger("lstmgen").setLevel(logging.ERROR)  # the fallback's warning: reported in the table instead
@@ -243,14 +258,21 @@ def int8_uses(case: Case, repeat: int) -> list[dict]:
             for token in tokens:
                 _, state = stepper.step(token, state)
 
-        times = interleaved({"float32": lambda: steps(fp), "int8": lambda: steps(q8)}, repeat)
+        candidates = {"float32": lambda: steps(fp), "int8": lambda: steps(q8), "float kernels": lambda: steps(float_kernels)}
+        if batch == 1:
+            candidates["reference"] = without_onednn(lambda: steps(reference))
+        times = interleaved(candidates, repeat)
         auto_stepper = FastStepper(model, quantize="int8")
         auto_stepper.int8_forced = False  # what --quantize int8 does without LSTMGEN_INT8=always
         auto = auto_stepper.uses_int8()
         rows.append({"use": f"generation, batch {batch}", "unit": batch * 16, "times": times, "auto": auto})
     for streams, window in ((1, 256), (64, 128)):
         tokens = torch.randint(vocab, (streams, window), generator=generator)
-        times = interleaved({"float32": lambda: model(tokens), "int8": lambda: q8.int8(tokens)}, max(3, repeat // 2))
+        candidates = {"float32": lambda: model(tokens), "int8": lambda: q8.int8(tokens),
+                      "float kernels": lambda: float_kernels(tokens)}
+        if streams == 1:
+            candidates["reference"] = without_onednn(lambda: reference(tokens))
+        times = interleaved(candidates, max(3, repeat // 2))
         stepper = FastStepper(model, quantize="int8")
         stepper.int8_forced = False
         Int8Evaluation(stepper)(tokens)
@@ -259,6 +281,9 @@ def int8_uses(case: Case, repeat: int) -> list[dict]:
     logging.getLogger("lstmgen").setLevel(logging.NOTSET)
     for row in rows:
         row["min"], row["median"] = ratios(row["times"], "int8", "float32")
+        row["float kernels"] = ratios(row["times"], "float kernels", "float32")
+        if "reference" in row["times"]:
+            row["reference"] = ratios(row["times"], "reference", "float32")
     return rows
 
 
@@ -298,23 +323,31 @@ def int8_section(cases: list[Case], threads: int, repeat: int, elapsed: float, u
     lines = [
         "## int8 against float32",
         "",
-        f"`python benchmarks/bench_sampling.py --int8-only` ({elapsed / 60:.1f} min; {cpu_name()}, {os.cpu_count()} cores, "
+        f"`python benchmarks/bench_sampling.py --int8-only --threads {threads}` ({elapsed / 60:.1f} min; {cpu_name()}, "
+        f"{os.cpu_count()} cores, "
         f"torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}; AVX512-VNNI: {'yes' if vnni else 'no'}, so "
         f"`torch._int_mm` runs {'oneDNN' if native else 'its scalar reference loop'}). Random weights. int8 (forced) and "
         f"float32 are called in turn, {repeat} times each after a warm-up; the ratio is int8 ÷ float32 time (below 1: "
         "int8 faster), as the ratio of the minimums and the median of the paired ratios. The last column is what "
         "`--quantize int8` ran when asked in the same run (it times both models at the first use and runs float32, with "
-        "one warning, where int8 is slower).",
+        "one warning, where int8 is slower). What int8 costs on a CPU without AVX512-VNNI, measured here: with every "
+        "product through `torch._int_mm` with oneDNN off, i.e. torch's reference loop, which is what int8 ran there "
+        "before lstmgen chose kernels (issue 15; batch 1 and one stream only), and with every product by the exact "
+        "float32 kernel, which is what it runs there now (with LSTMGEN_INT8=always; otherwise float32 runs).",
         "",
-        "| model | use | float32 ms | int8 ms | int8 ÷ float32 (min) | (median) | `--quantize int8` runs |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| model | use | float32 ms | int8 ms | int8 ÷ float32 (min) | (median) | no VNNI: reference-loop int8 ÷ float32 "
+        "(min / median) | no VNNI: float-kernel int8 ÷ float32 (min / median) | `--quantize int8` runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for case in cases:
         for row in uses[case.name]:
             times = row["times"]
             lines.append(
                 f"| {case.name} | {row['use']} | {min(times['float32']) * 1e3:.2f} | {min(times['int8']) * 1e3:.2f} | "
-                f"{row['min']:.2f} | {row['median']:.2f} | {'int8' if row['auto'] else 'float32'} |"
+                f"{row['min']:.2f} | {row['median']:.2f} | "
+                + (f"{row['reference'][0]:.2f} / {row['reference'][1]:.2f}" if "reference" in row else "—")
+                + f" | {row['float kernels'][0]:.2f} / {row['float kernels'][1]:.2f}"
+                + f" | {'int8' if row['auto'] else 'float32'} |"
             )
     lines += [
         "",

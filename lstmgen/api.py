@@ -23,8 +23,8 @@ class LanguageModel:
     """A trained model with its tokenizer, ready to generate and evaluate text.
 
     `quantize="int8"` runs generation and evaluation with int8 weights and activations on the
-    CPU (see lstmgen.quantization): several times faster at batch 1, at a small cost in bits per
-    byte that `evaluate` measures.
+    CPU (see lstmgen.quantization), at a small cost in bits per byte that `evaluate` measures;
+    where int8 times slower than float32 for a use, float32 runs, with one warning (`quantize_ran`).
     """
 
     def __init__(

@@ -391,8 +391,10 @@ class InferenceOptions:
     quantize: str = option(
         "none",
         choices=QUANTIZE,
-        help="int8 runs int8 weights and activations on the CPU: faster for larger models, a little less exact "
-        "(eval --quantize int8 measures the cost).",
+        help="int8 runs int8 weights and activations on the CPU, a little less exact. It is timed against float32 at "
+        "its first use, and where it is slower (as measured so far: small models, one-stream eval, most uses on CPUs "
+        "without AVX512-VNNI) float32 runs instead, with a warning; LSTMGEN_INT8=always keeps int8 (eval --quantize "
+        "int8 then measures its cost).",
     )
     threads: int | None = option(
         None,
