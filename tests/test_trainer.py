@@ -10,6 +10,7 @@ import torch
 
 from lstmgen.bundle import load_bundle
 from lstmgen.config import ModelConfig, TokenizerConfig, TrainConfig
+from lstmgen import trainer as trainer_module
 from lstmgen.data import tokenize_corpus
 from lstmgen.errors import LstmgenError
 from lstmgen.rundir import RunLock, run_directory
@@ -52,11 +53,16 @@ def _deterministic_metrics(output: Path) -> list[dict]:
 def test_training_lowers_the_loss(corpus, tmp_path: Path) -> None:
     trainer = _train(corpus, tmp_path / "m.lstmgen", max_steps=30, val_every=10)
     records = [json.loads(x) for x in (run_directory(tmp_path / "m.lstmgen") / "metrics.jsonl").read_text().splitlines()]
-    vals = [r["val_loss"] for r in records if r["type"] == "val"]
-    assert vals[-1] < vals[0]
+    periodic = [r for r in records if r["type"] == "val" and not r.get("final")]
+    (final,) = [r for r in records if r.get("final")]
+    assert periodic[-1]["val_loss"] < periodic[0]["val_loss"]
     assert trainer.progress.step == 30
+    # The bundle records the final validation: the best periodic weights read again, over more text.
+    best = min(periodic, key=lambda r: r["val_loss"])
+    assert final["step"] == best["step"]
     bundle = load_bundle(tmp_path / "m.lstmgen")
-    assert bundle.meta["training"]["best_val_loss"] == pytest.approx(min(vals))
+    assert bundle.meta["training"]["best_val_loss"] == pytest.approx(final["val_loss"])
+    assert bundle.meta["training"]["best_val_step"] == best["step"]
 
 
 @pytest.mark.parametrize("k", [2, 5, 7])
@@ -197,19 +203,35 @@ def test_costly_validations_come_less_often(corpus, tmp_path: Path, monkeypatch:
     assert 2 * len(periodic) <= 0.05 * 200 + 2  # validating took about 3 % of the time (plus the last one)
 
 
-def test_final_validation_reads_the_held_out_split_with_the_best_weights(corpus, tmp_path: Path) -> None:
-    from lstmgen.evaluation import encode_text_stream, evaluate_tokens
+@pytest.mark.parametrize("cost", [trainer_module.FINAL_VALIDATION_COST, 1e9])
+def test_final_validation_reads_the_held_out_split_with_the_best_weights(
+    corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cost: float
+) -> None:
+    """The final figure is `eval` of the written bundle on the tokens its scope names.
 
+    A short run reads the part of the split it can afford (a few % of its time); given the time, it
+    reads the whole split.
+    """
+    from lstmgen.evaluation import bounds_size, evaluate_tokens
+
+    monkeypatch.setattr(trainer_module, "FINAL_VALIDATION_COST", cost)
     trainer = _train(corpus, tmp_path / "m.lstmgen", max_steps=30, val_every=10)
     bundle = load_bundle(tmp_path / "m.lstmgen")
-    training = bundle.meta["training"]
-    assert training["validation"]["scope"] == "held-out split"
+    validation = bundle.meta["training"]["validation"]
+    tokens = trainer.val_tokens
+    if cost > 1:
+        assert validation["scope"] == "held-out split"
+        num_bytes, num_chars = trainer.val_bytes, trainer.val_chars
+    else:
+        count = validation["tokens"]
+        assert validation["scope"] == f"first {count:,} tokens of the held-out split"
+        assert count < len(tokens) - 1
+        tokens = tokens[: count + 1]
+        num_bytes, num_chars = bounds_size(trainer.tokenizer, tokens, [(0, len(tokens) - 1)], trainer.documents)
     model = bundle.build_model()
-    # The trainer's figure is what evaluation of the same tokens gives, read the same way.
-    again = evaluate_tokens(model, trainer.val_tokens, trainer.val_bytes, trainer.val_chars, training["validation"]["streams"],
-                            fresh_starts=trainer.fresh_starts)
-    assert training["best_val_loss"] == pytest.approx(again["nll"], rel=1e-5)
-    assert training["best_val_bits_per_char"] == pytest.approx(again["bits_per_char"], rel=1e-5)
+    again = evaluate_tokens(model, tokens, num_bytes, num_chars, validation["streams"], fresh_starts=trainer.fresh_starts)
+    assert validation["loss"] == pytest.approx(again["nll"], rel=1e-5)
+    assert validation["bits_per_char"] == pytest.approx(again["bits_per_char"], rel=1e-5)
 
 
 def test_device_defaults_keep_cpu_batches_and_widen_gpu_ones() -> None:
