@@ -254,8 +254,14 @@ def score(label: str, corpus: Corpus, threads: int, force: bool) -> dict | None:
     record = {
         "label": label, "corpus": corpus.name,
         "samples_start_like_paragraphs": starts_like_paragraphs,
-        "samples_start_with_speaker": sum(bool(SPEAKER.fullmatch(line)) for line in first_lines) / len(samples) if corpus.name == "shakespeare" else None, "kind": corpus.kind, "heldout": str(heldout.relative_to(ROOT.parent)) if heldout.is_relative_to(ROOT.parent) else heldout.name,
-        "model": lm.meta.get("model"), "steps": total_steps(directory / "model.lstmgen.run" / "metrics.jsonl"), "best_step": training.get("steps"),
+        "samples_start_with_speaker": (
+            sum(bool(SPEAKER.fullmatch(line)) for line in first_lines) / len(samples) if corpus.name == "shakespeare" else None
+        ),
+        "kind": corpus.kind,
+        "heldout": str(heldout.relative_to(ROOT.parent)) if heldout.is_relative_to(ROOT.parent) else heldout.name,
+        "model": lm.meta.get("model"),
+        "steps": total_steps(directory / "model.lstmgen.run" / "metrics.jsonl"),
+        "best_step": training.get("steps"),
         "tokens_seen": training.get("tokens_seen"),
         "elapsed_seconds": training.get("elapsed_seconds"),
         "bpc_one_stream": one["bits_per_char"], "nats_per_char_one_stream": one["bits_per_char"] * math.log(2),
