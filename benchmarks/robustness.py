@@ -311,7 +311,7 @@ def report(labels: list[str], command: str | None = None) -> str:
     latest = {(r["label"], r["corpus"]): r for r in read_results()}
     rows = [
         "| corpus | run | steps | 1 stream | 64 streams | 64 vs 1 | 64 cut anywhere | cold 256 | warm 256 | cold vs warm "
-        "| trainer val / eval | epoch boundaries: largest rise | samples that open like a paragraph | largest cell state, 256 tokens → end |",
+        "| trainer val / eval | epoch boundaries: largest rise, largest fall (at step) | samples that open like a paragraph | largest cell state, 256 tokens → end |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for corpus in CORPORA.values():
@@ -320,10 +320,14 @@ def report(labels: list[str], command: str | None = None) -> str:
             if r is None:
                 continue
             one = r["bpc_one_stream"]
-            rise = max((b["after"] - b["before"] for b in r["epoch_boundaries"]), default=None)
+            changes = [(b["after"] - b["before"], b["step"]) for b in r["epoch_boundaries"]]
             trainer = r.get("trainer_val_bpc")
             agreement = f"{trainer:.4f} / {r['eval_val_bpc']:.4f}" if trainer else "–"
-            boundary = f"{rise:+.3f}" if rise is not None else "no boundary"
+            if changes:
+                (rise, _), (fall, at) = max(changes), min(changes)
+                boundary = f"{rise:+.3f}, {fall:+.3f} ({at:,})" if len(changes) > 1 else f"{rise:+.3f} ({at:,})"
+            else:
+                boundary = "no boundary"
             opens = r.get("samples_start_like_paragraphs")
             opening = f"{opens * 100:.0f} %" if opens is not None else "–"
             growth = r.get("state_growth") or []
