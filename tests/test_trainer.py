@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lstmgen import trainer as trainer_module
 from lstmgen.bundle import load_bundle
 from lstmgen.config import ModelConfig, TokenizerConfig, TrainConfig
-from lstmgen import trainer as trainer_module
 from lstmgen.data import tokenize_corpus
 from lstmgen.errors import LstmgenError
 from lstmgen.rundir import RunLock, run_directory
